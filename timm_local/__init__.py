@@ -1,0 +1,23 @@
+"""timm_local: supervised local learning (InfoPro, MAN, MLAAN, DGL, greedy SL) for timm models.
+
+``import timm_local`` registers the models in timm's registry::
+
+    import timm, timm_local
+    model = timm.create_model("resnet32_man", num_local_modules=16)
+"""
+from . import models  # noqa: F401  (registers the models in timm)
+from .local import BackboneLayout, BoundCall, LocalModule, LocalNet, localize, register_describer
+from .methods import METHODS, create_method
+
+__version__ = "0.1.0"
+
+
+def list_models(filter: str = "*", **kwargs) -> list[str]:
+    """The model names timm_local registers (a filter over ``timm.list_models``)."""
+    import timm
+
+    return timm.list_models(filter, module=["cifar_resnet_local", "resnet_local", "vit_local"], **kwargs)
+
+
+__all__ = ["BackboneLayout", "BoundCall", "LocalModule", "LocalNet", "METHODS", "create_method", "list_models",
+           "localize", "register_describer", "__version__"]

@@ -1,0 +1,266 @@
+"""LocalNet: a timm classifier whose blocks are cut into K gradient-isolated local modules.
+
+The state dict is the backbone's own (timm's parameter names) plus ``aux.<k>.*`` for the aux nets
+and momentum copies of module k. ``forward`` is the plain inference path of the backbone.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..methods.base import LocalMethod, LocalPlan, momentum_lerp_
+from .context import LocalContext
+from .layout import BackboneLayout, probe_features
+from .module import LocalModule
+from .split import SplitSpec, resolve_split
+
+Describe = Callable[[nn.Module], BackboneLayout]
+
+
+class LocalStepOutput(tuple):
+    """``(logits, losses)`` of one training step: detached logits and one detached 0-dim loss per module.
+
+    Losses stay on the device (no host sync inside the step); call ``.item()`` when logging.
+    """
+
+    def __new__(cls, logits: torch.Tensor, losses: list[torch.Tensor]):
+        return super().__new__(cls, (logits, losses))
+
+    @property
+    def logits(self) -> torch.Tensor:
+        return self[0]
+
+    @property
+    def losses(self) -> list[torch.Tensor]:
+        return self[1]
+
+
+class LocalNet(nn.Module):
+    """A backbone plus the aux nets of a local-learning method (DESIGN.md, "The model contract").
+
+    Args:
+        backbone: a timm-style classifier (forward_features / forward_head / reset_classifier ...).
+        describe: returns the backbone's :class:`BackboneLayout` (stem, blocks, head).
+        method: the method's options (a :class:`~timm_local.methods.base.LocalMethod`).
+        num_local_modules, split: see :func:`~timm_local.local.split.resolve_split`.
+        mean, std: the input normalisation (for InfoPro's reconstruction target).
+    """
+
+    def __init__(self, backbone: nn.Module, describe: Describe, method: LocalMethod,
+                 num_local_modules: Optional[int] = None, split: SplitSpec = None,
+                 mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5)):
+        super().__init__()
+        clash = {"aux", "local_modules", "backbone", "method"} & {n for n, _ in backbone.named_children()}
+        if clash:
+            raise ValueError(f"backbone has children named {sorted(clash)}, which LocalNet reserves")
+        self.__dict__["backbone"] = backbone
+        self.__dict__["method"] = method
+        self.__dict__["_describe"] = describe
+        self.mean, self.std = tuple(mean), tuple(std)
+        self._adopt_backbone_members()
+        layout = describe(backbone)
+        self.__dict__["_probe"] = probe_features(layout)
+        self.cuts, self.split_kind = resolve_split(layout, num_local_modules, split, self._probe)
+        self._build_local_modules(layout)
+
+    # ------------------------------------------------------------------ construction
+    def _adopt_backbone_members(self) -> None:
+        """Register the backbone's children, parameters and buffers under their own names."""
+        for name, child in self.backbone.named_children():
+            self._modules[name] = child
+        for name, param in self.backbone.named_parameters(recurse=False):
+            self._parameters[name] = param
+        for name, buf in self.backbone.named_buffers(recurse=False):
+            self._buffers[name] = buf
+
+    def _build_local_modules(self, layout: BackboneLayout) -> None:
+        num_classes = self.backbone.num_classes
+        plan = LocalPlan(layout=layout, cuts=self.cuts, probe=self._probe, num_classes=num_classes,
+                         split_kind=self.split_kind)
+        objectives = self.method.build_objectives(plan) if num_classes > 0 else [None] * plan.num_modules
+        modules = []
+        for k in range(plan.num_modules):
+            modules.append(LocalModule(
+                index=k,
+                blocks=[layout.blocks[j] for j in plan.blocks_of(k)],
+                objective=objectives[k],
+                stem=layout.stem if k == 0 else None,
+                head=layout.head if k == plan.num_modules - 1 else None,
+            ))
+        self.aux = nn.ModuleList([obj if obj is not None else nn.Identity() for obj in objectives])
+        self.__dict__["local_modules"] = nn.ModuleList(modules)
+        self.__dict__["_trainable"] = num_classes > 0
+        self.__dict__["_input_size"] = tuple(layout.input_size)
+
+    # ------------------------------------------------------------------ timm contract
+    @property
+    def num_classes(self) -> int:
+        return self.backbone.num_classes
+
+    @property
+    def num_features(self) -> int:
+        return self.backbone.num_features
+
+    @property
+    def head_hidden_size(self) -> int:
+        return getattr(self.backbone, "head_hidden_size", self.backbone.num_features)
+
+    @property
+    def feature_info(self):
+        return self.backbone.feature_info
+
+    @property
+    def grad_checkpointing(self) -> bool:
+        return getattr(self.backbone, "grad_checkpointing", False)
+
+    @property
+    def num_local_modules(self) -> int:
+        return len(self.local_modules)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.forward_features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.backbone.forward_head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Plain inference: stem → every block → head. No aux nets, no losses."""
+        return self.backbone(x)
+
+    def get_classifier(self) -> nn.Module:
+        return self.backbone.get_classifier()
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Replace the backbone's classifier as timm does; the aux nets are rebuilt for the new classes."""
+        if global_pool is None:
+            self.backbone.reset_classifier(num_classes)
+        else:
+            self.backbone.reset_classifier(num_classes, global_pool)
+        for name in [n for n in self._modules if n != "aux"]:
+            del self._modules[name]
+        del self._modules["aux"]
+        self._adopt_backbone_members()
+        self._build_local_modules(self._describe(self.backbone))
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.backbone.set_grad_checkpointing(enable)
+        for module in self.local_modules:
+            module.grad_checkpointing = enable
+
+    def no_weight_decay(self) -> set[str]:
+        fn = getattr(self.backbone, "no_weight_decay", None)
+        return set(fn()) if fn is not None else set()
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return self.backbone.group_matcher(coarse=coarse)
+
+    # ------------------------------------------------------------------ state dicts
+    def inference_state_dict(self) -> dict[str, torch.Tensor]:
+        """The backbone's state dict only (aux nets and momentum copies dropped): what gets published."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("aux.")}
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Load a full state dict, or an inference one (no ``aux.`` keys) strictly into the backbone.
+
+        With an inference state dict the aux nets keep their current weights; strictness still
+        applies to every backbone key.
+        """
+        if any(k.startswith("aux.") for k in state_dict):
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        missing = [k for k in result.missing_keys if not k.startswith("aux.")]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(f"Error(s) loading state_dict for {type(self.backbone).__name__}: "
+                               f"missing keys {missing}, unexpected keys {result.unexpected_keys}")
+        return result
+
+    # ------------------------------------------------------------------ local training
+    def local_param_groups(self, **group_options) -> list[dict]:
+        """One optimizer param group per local module (trainable parameters only; momentum copies excluded)."""
+        return [{"params": [p for p in m.parameters() if p.requires_grad], "local_module": k, **group_options}
+                for k, m in enumerate(self.local_modules)]
+
+    def forward_local(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Joint mode: one differentiable pass with the gradient barriers in place.
+
+        Returns ``(logits, losses)`` with one loss per local module (a constant zero where the
+        method gives a module no objective). ``sum(losses).backward()`` gives exactly the gradients
+        of :meth:`local_step` but keeps every module's graph alive (no memory saving).
+        """
+        return self._run(x, target, self.local_modules, backward=None)
+
+    def local_step(self, x: torch.Tensor, target: torch.Tensor,
+                   backward: Optional[Callable[[torch.Tensor], None]] = None,
+                   modules: Optional[Sequence[nn.Module]] = None) -> LocalStepOutput:
+        """Interleaved mode: forward module k, its local loss, its backward, free its graph, then k + 1.
+
+        Args:
+            backward: called on each local loss (e.g. ``accelerator.backward``); default ``Tensor.backward``.
+            modules: the local modules to call, in order; pass the DDP/Accelerate-prepared wrappers of
+                ``self.local_modules`` here. Default: ``self.local_modules``.
+        Returns:
+            :class:`LocalStepOutput` ``(logits, losses)``, both detached. Gradients are accumulated in
+            ``.grad``; call :meth:`momentum_update` and then the optimizer step.
+        """
+        return self._run(x, target, self.local_modules if modules is None else modules,
+                         backward=backward or torch.Tensor.backward)
+
+    def _check_input(self, x: torch.Tensor, target: torch.Tensor) -> None:
+        if not self._trainable:
+            raise ValueError("this model has no classifier (num_classes=0), so it has no local objectives: "
+                             "create it with num_classes > 0 or call reset_classifier(num_classes) to train it")
+        expected = self._input_size
+        if tuple(x.shape[1:]) != expected:
+            raise ValueError(f"input of shape {tuple(x.shape)} does not match the size the aux nets were built "
+                             f"for, (B, {', '.join(map(str, expected))}): resize the data, or create the model "
+                             f"with img_size={expected[-1]} matching your images (e.g. img_size=96 for STL-10)")
+        if target.shape[0] != x.shape[0]:
+            raise ValueError(f"target has {target.shape[0]} labels for a batch of {x.shape[0]} images")
+
+    def _run(self, x, target, modules, backward):
+        self._check_input(x, target)
+        if len(modules) != len(self.local_modules):
+            raise ValueError(f"got {len(modules)} modules for {len(self.local_modules)} local modules")
+        depth = self.method.cascade_depth
+        ctx = LocalContext(image=x, target=target, mean=self.mean, std=self.std,
+                           bodies=[m.body for m in self.local_modules] if depth > 1 else ())
+        h, losses = x, []
+        last = len(modules) - 1
+        for k, module in enumerate(modules):
+            if depth > 1:
+                ctx.module_inputs[k] = h
+                ctx.module_inputs.pop(k - depth, None)
+            if self.local_modules[k].objective is None:
+                with torch.no_grad():
+                    h_out, loss = module(h, ctx)
+                loss = torch.zeros((), device=x.device)
+            else:
+                h_out, loss = module(h, ctx)
+                if backward is not None:
+                    backward(loss)
+                    loss = loss.detach()
+            losses.append(loss)
+            h = h_out.detach() if (k < last or backward is not None) else h_out
+        return LocalStepOutput(h, losses)
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        """Apply every momentum copy's EMA, θ ← m·θ + (1 − m)·θ_source, to parameters only.
+
+        Call once per step before ``optimizer.step()`` (the references update with θ_{t−1};
+        METHODS.md §9 B8). Buffers (BN running statistics) are not averaged (§9 B9).
+        """
+        groups: dict[float, tuple[list, list]] = defaultdict(lambda: ([], []))
+        for module in self.local_modules:
+            if module.objective is None:
+                continue
+            for ema, source, m in module.objective.momentum_pairs():
+                targets, sources = groups[m]
+                ema_params, src_params = list(ema.parameters()), list(source.parameters())
+                targets.extend(ema_params)
+                sources.extend(src_params)
+        for m, (targets, sources) in groups.items():
+            momentum_lerp_(targets, sources, m)

@@ -1,0 +1,97 @@
+"""MAN (Su et al., ECCV 2024): InfoPro whose aux nets see LB(h) + EMA(h) (METHODS.md §5).
+
+For boundary k, EMA is a frozen momentum copy of B_next, the first block of module k + 1,
+updated θ_EMA ← m·θ_EMA + (1 − m)·θ_B_next once per step; LB ("learnable bias") is a trainable block
+of the same architecture. Both run in train mode on h_k and their outputs are summed, so the aux
+nets are built for B_next's output shape. Gradients reach module k through both branches.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+import torch
+from torch import nn
+
+from .base import LocalPlan
+from .dgl import DGL
+from .infopro import InfoPro, check_choice
+
+
+class MomentumBlockPair(nn.Module):
+    """u = learnable(h) + momentum(h), where ``momentum`` is an EMA copy of ``source``.
+
+    Both are real copies of ``source`` (no shared storage). ``momentum`` is frozen
+    (``requires_grad=False``); ``source`` is only referenced, never registered here, so its
+    parameters stay owned by the module they belong to.
+    """
+
+    def __init__(self, source: nn.Module, momentum: float, learnable_init: str, momentum_init: str,
+                 reinit: Callable[[nn.Module], None]):
+        super().__init__()
+        self.learnable = copy.deepcopy(source)
+        self.momentum = copy.deepcopy(source)
+        if learnable_init == "random":
+            reinit(self.learnable)
+        if momentum_init == "random":
+            reinit(self.momentum)
+        self.momentum.requires_grad_(False)
+        self.__dict__["source"] = source
+        self.decay = float(momentum)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.learnable(h) + self.momentum(h)
+
+    def momentum_pairs(self):
+        return [(self.momentum, self.source, self.decay)]
+
+    def extra_repr(self) -> str:
+        return f"decay={self.decay:g}"
+
+
+def check_momentum(momentum: float) -> None:
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum={momentum} must be in [0, 1] (EMA decay; the papers use 0.995)")
+
+
+@dataclass
+class MAN(InfoPro):
+    """MAN options. Defaults follow MAN's README: CE, '2c2f' heads, (ixx_1, ixy_1, ixx_2, ixy_2) = (5, 0.5, 0, 0).
+
+    Args:
+        momentum: EMA decay m (0.995).
+        base: 'infopro' (decoder + head) or 'dgl' (head only, CE weight 1); the paper reports both.
+        ema_init: 'copy' (EMA starts equal to B_next, our default) or 'random' (the reference, §9 B5).
+        weight_schedule: 'module' (InfoPro's rule, default) or 'stage' (MAN's code, clamped; §9 B6).
+    """
+
+    name: ClassVar[str] = "man"
+    aux_config: str = "2c2f"
+    local_loss: str = "ce"
+    recon_weights: tuple[float, float] = (5.0, 0.0)
+    task_weights: tuple[float, float] = (0.5, 0.0)
+    momentum: float = 0.995
+    base: str = "infopro"
+    ema_init: str = "copy"
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_choice("base", self.base, ("infopro", "dgl"))
+        check_choice("ema_init", self.ema_init, ("copy", "random"))
+        check_momentum(self.momentum)
+
+    @property
+    def use_decoder(self) -> bool:
+        return self.base == "infopro"
+
+    def weights(self, plan: LocalPlan, k: int) -> tuple[float, float]:
+        return super().weights(plan, k) if self.base == "infopro" else DGL.weights(self, plan, k)
+
+    def aux_input_shape(self, plan: LocalPlan, k: int) -> tuple[int, ...]:
+        return plan.block_output_shape(plan.next_block_index(k))
+
+    def aux_transform(self, plan: LocalPlan, k: int) -> nn.Module:
+        source = plan.layout.blocks[plan.next_block_index(k)]
+        return MomentumBlockPair(source, self.momentum, learnable_init="random", momentum_init=self.ema_init,
+                                 reinit=plan.layout.reinit_block)

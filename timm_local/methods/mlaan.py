@@ -1,0 +1,250 @@
+"""MLAAN (Zhang et al., AAAI 2025): multilaminar local modules + leap augmented modules (METHODS.md §6).
+
+Every loss after the first ``laminae - 1`` modules has two parts:
+
+* independent path: the module's own output h_i (input detached) → head → CE, weight ``wx`` (0.001);
+* cascaded path: the last ``laminae`` modules re-evaluated from the detached input of module
+  i − laminae + 1, then the leap chain (clones of deeper backbone blocks; the first clone is summed
+  with its EMA twin as in MAN) → head → CE, weight ``wy`` (0.999).
+
+So loss i trains modules i − laminae + 1 .. i. The last module's loss is
+``wx · CE(logits) + wy · CE(cascaded logits)`` (the ImageNet code; ``final_loss='cascade'`` keeps
+only the cascaded CE with weight 1, as the CIFAR code does, §9 B11). Re-evaluated blocks update
+their BatchNorm running statistics once per evaluation, as in the reference (§9 B13).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import ClassVar, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..local.context import LocalContext
+from .aux_nets import AUX_CONFIGS, ReconstructionDecoder, aux_classifier
+from .base import LocalMethod, LocalObjective, LocalPlan
+from .infopro import InfoProObjective, check_choice
+from .man import MomentumBlockPair, check_momentum
+from .schedules import interpolate, module_index_ratio
+
+
+def _flat(stage_sizes: Sequence[int], chains: Sequence[Sequence[tuple[int, int]]]) -> tuple[tuple[int, ...], ...]:
+    """[stage, block] positions (1-based stage) → flat block indices."""
+    offsets = [sum(stage_sizes[:s]) for s in range(len(stage_sizes))]
+    return tuple(tuple(offsets[s - 1] + b for s, b in chain) for chain in chains)
+
+
+def _repeat(*groups: tuple[int, Sequence[tuple[int, int]]]) -> list[Sequence[tuple[int, int]]]:
+    return [chain for count, chain in groups for _ in range(count)]
+
+
+_R32, _R110 = (5, 5, 5), (18, 18, 18)
+# Leap chains of the reference (configAuxPlus_new.py), one per module, keyed by (arch, K) (METHODS.md §2.4).
+LEAP_CHAINS: dict[tuple[str, int], tuple[tuple[int, ...], ...]] = {
+    ("resnet32", 15): _flat(_R32, [
+        [(2, 0), (3, 0), (3, 2), (3, 4)], [(2, 0), (3, 0), (3, 2), (3, 4)], [(2, 0), (3, 0), (3, 3), (3, 4)],
+        [(2, 0), (3, 0), (3, 2), (3, 4)], [(2, 0), (3, 0), (3, 3), (3, 4)],
+        *_repeat((5, [(3, 0), (3, 2), (3, 3), (3, 4)])),
+        [(3, 1), (3, 2), (3, 4)], [(3, 2), (3, 3), (3, 4)], [(3, 3), (3, 4)], [(3, 4)]]),
+    ("resnet32", 8): _flat(_R32, _repeat(
+        (2, [(2, 0), (3, 0), (3, 2), (3, 4)]), (1, [(2, 0), (3, 0), (3, 3), (3, 4)]),
+        (2, [(3, 0), (3, 2), (3, 3), (3, 4)]), (1, [(3, 2), (3, 3), (3, 4)]), (1, [(3, 3), (3, 4)]))),
+    ("resnet110", 32): _flat(_R110, _repeat(
+        (11, [(2, 0), (3, 0), (3, 2), (3, 17)]), (10, [(3, 0), (3, 2), (3, 3), (3, 17)]),
+        (1, [(3, 0), (3, 3), (3, 4), (3, 17)]), (4, [(3, 8), (3, 17)]), (2, [(3, 14), (3, 17)]),
+        (1, [(3, 15), (3, 17)]), (1, [(3, 16), (3, 17)]), (1, [(3, 17)]))),
+    ("resnet110", 54): _flat(_R110, _repeat(
+        (18, [(2, 0), (3, 0), (3, 2), (3, 17)]), (17, [(3, 0), (3, 2), (3, 3), (3, 17)]),
+        (1, [(3, 0), (3, 3), (3, 4), (3, 17)]), (7, [(3, 8), (3, 17)]), (4, [(3, 14), (3, 17)]),
+        (2, [(3, 15), (3, 17)]), (3, [(3, 16), (3, 17)]), (1, [(3, 17)]))),
+}
+
+
+def auto_leap_chain(plan: LocalPlan, k: int) -> tuple[int, ...]:
+    """Our generalisation of the reference's tables for any backbone and split.
+
+    From module k's output, clone the first block of every later stage, then the network's last
+    block; from inside the last stage, clone the next block and the last one. The first clone
+    always accepts module k's output shape (it is the first block of the following stage).
+    """
+    stages = plan.layout.block_stages
+    last = plan.layout.num_blocks - 1
+    next_block = plan.next_block_index(k)
+    current_stage = stages[next_block - 1] if next_block > 0 else 0
+    stage_starts = [j for j in range(next_block, last + 1) if j == 0 or stages[j - 1] != stages[j]]
+    chain = [j for j in stage_starts if stages[j] > current_stage] or [next_block]
+    if chain[-1] != last:
+        chain.append(last)
+    return tuple(chain)
+
+
+def leap_chain(plan: LocalPlan, k: int) -> tuple[int, ...]:
+    """The reference's chain when it published one for this backbone and split, else :func:`auto_leap_chain`."""
+    table = LEAP_CHAINS.get((plan.layout.arch, plan.num_modules))
+    if table is not None and plan.split_kind == "paper" and k < len(table):
+        return table[k]
+    return auto_leap_chain(plan, k)
+
+
+class LeapChain(nn.Module):
+    """z → (Aug_0(z) + EMA_0(z)) → Aug_1 → … : clones of the backbone blocks listed in ``chain``."""
+
+    def __init__(self, plan: LocalPlan, chain: Sequence[int], momentum: float, clone_init: str,
+                 update_momentum: bool):
+        super().__init__()
+        blocks = plan.layout.blocks
+        self.first = MomentumBlockPair(blocks[chain[0]], momentum, clone_init, clone_init, plan.layout.reinit_block)
+        rest = [copy.deepcopy(blocks[j]) for j in chain[1:]]
+        if clone_init == "random":
+            for block in rest:
+                plan.layout.reinit_block(block)
+        self.rest = nn.Sequential(*rest)
+        self.update_momentum = update_momentum
+        self.chain = tuple(chain)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.rest(self.first(z))
+
+    def momentum_pairs(self):
+        return self.first.momentum_pairs() if self.update_momentum else []
+
+    def extra_repr(self) -> str:
+        return f"chain={list(self.chain)}"
+
+
+def run_cascade(ctx: LocalContext, first: int, last: int) -> torch.Tensor:
+    """Re-evaluate local modules ``first .. last`` from the detached input of module ``first``."""
+    z = ctx.module_inputs[first]
+    for j in range(first, last + 1):
+        z = ctx.bodies[j](z)
+    return z
+
+
+class MLAANObjective(LocalObjective):
+    """wx · independent(h_i) + wy · cascaded(chain(modules first..i re-evaluated))."""
+
+    def __init__(self, index: int, first: int, independent: Optional[nn.Module], cascaded: nn.Module,
+                 independent_weight: float, cascade_weight: float):
+        super().__init__()
+        self.index, self.first = index, first
+        self.independent = independent
+        self.cascaded = cascaded
+        self.independent_weight, self.cascade_weight = independent_weight, cascade_weight
+
+    def forward(self, h: torch.Tensor, ctx: LocalContext) -> torch.Tensor:
+        loss = self.cascade_weight * self.cascaded(run_cascade(ctx, self.first, self.index), ctx)
+        if self.independent is not None:
+            loss = loss + self.independent_weight * self.independent(h, ctx)
+        return loss
+
+    def momentum_pairs(self):
+        return self.cascaded.momentum_pairs()
+
+    def extra_repr(self) -> str:
+        return f"cascade=modules {self.first}..{self.index}, wx={self.independent_weight:g}, wy={self.cascade_weight:g}"
+
+
+class MLAANFinalObjective(LocalObjective):
+    """Last module: wx · CE(logits) + wy · CE(logits of modules first..K−1 re-evaluated); or the cascaded CE alone."""
+
+    def __init__(self, index: int, first: int, independent_weight: Optional[float], cascade_weight: float):
+        super().__init__()
+        self.index, self.first = index, first
+        self.independent_weight, self.cascade_weight = independent_weight, cascade_weight
+
+    def forward(self, logits: torch.Tensor, ctx: LocalContext) -> torch.Tensor:
+        cascaded = run_cascade(ctx, self.first, self.index)
+        loss = self.cascade_weight * F.cross_entropy(cascaded.float(), ctx.target)
+        if self.independent_weight is not None:
+            loss = loss + self.independent_weight * F.cross_entropy(logits.float(), ctx.target)
+        return loss
+
+
+@dataclass
+class MLAAN(LocalMethod):
+    """MLAAN options (METHODS.md §6, §9 B10–B13). Defaults follow the CIFAR main file where it is sound.
+
+    Args:
+        laminae: how many consecutive modules a cascaded loss spans (2 on CIFAR, 3 on ImageNet).
+        independent_weight, cascade_weight: wx = 0.001, wy = 0.999.
+        momentum: EMA decay of the first clone's twin (0.995).
+        base: 'dgl' (GAP + Linear CE heads, ``resnetMLAAN.py``) or 'infopro' (InfoPro objective, decoder
+            included, on both paths, ``resnetInfoProbin.py``).
+        ema_update: 'all' (every twin each step, our default and the ImageNet code) or 'last' (only the
+            last aux chain's twin, the CIFAR reference, §9 B10).
+        final_loss: 'weighted' (wx·x + wy·y, default) or 'cascade' (CIFAR reference, §9 B11).
+        clone_init: 'copy' (clones start as the backbone's initial blocks, CIFAR code) or 'random' (ImageNet code).
+        aux_config, local_loss, recon_weights, task_weights, aux_widen, aux_feature_dim: the InfoPro
+            objective used with ``base='infopro'`` (defaults as MAN's README).
+    """
+
+    name: ClassVar[str] = "mlaan"
+    laminae: int = 2
+    independent_weight: float = 0.001
+    cascade_weight: float = 0.999
+    momentum: float = 0.995
+    base: str = "dgl"
+    ema_update: str = "all"
+    final_loss: str = "weighted"
+    clone_init: str = "copy"
+    aux_config: str = "1c2f"
+    local_loss: str = "ce"
+    recon_weights: tuple[float, float] = (5.0, 0.0)
+    task_weights: tuple[float, float] = (0.5, 0.0)
+    aux_widen: float = 1.0
+    aux_feature_dim: int = 128
+
+    def __post_init__(self):
+        if int(self.laminae) < 1:
+            raise ValueError(f"laminae={self.laminae} must be >= 1 (2 on CIFAR, 3 on ImageNet)")
+        check_choice("base", self.base, ("dgl", "infopro"))
+        check_choice("ema_update", self.ema_update, ("all", "last"))
+        check_choice("final_loss", self.final_loss, ("weighted", "cascade"))
+        check_choice("clone_init", self.clone_init, ("copy", "random"))
+        check_choice("aux_config", self.aux_config, AUX_CONFIGS)
+        check_choice("local_loss", self.local_loss, ("ce", "contrast"))
+        check_momentum(self.momentum)
+
+    @property
+    def cascade_depth(self) -> int:
+        return int(self.laminae)
+
+    def _path_objective(self, plan: LocalPlan, k: int, channels: int, transform: Optional[nn.Module]) -> InfoProObjective:
+        """The loss of one path: CE of a GAP + Linear head ('dgl'), or InfoPro's objective ('infopro')."""
+        if self.base == "dgl":
+            head = aux_classifier(channels, "0c1f", plan.num_classes, plan.layout.final_channels)
+            return InfoProObjective(head, "ce", 1.0, transform=transform)
+        out = self.aux_feature_dim if self.local_loss == "contrast" else plan.num_classes
+        head = aux_classifier(channels, self.aux_config, out, plan.layout.final_channels, self.aux_widen,
+                              self.aux_feature_dim)
+        r = module_index_ratio(k, plan.num_modules)
+        image_channels, image_h, image_w = plan.layout.input_size
+        decoder = ReconstructionDecoder(channels, (image_h, image_w), image_channels, self.aux_widen)
+        return InfoProObjective(head, self.local_loss, interpolate(tuple(self.task_weights), r), decoder,
+                                interpolate(tuple(self.recon_weights), r), transform)
+
+    def build_objectives(self, plan: LocalPlan) -> list[Optional[LocalObjective]]:
+        num_modules = plan.num_modules
+        objectives: list[Optional[LocalObjective]] = []
+        for k in range(num_modules - 1):
+            if k < self.laminae - 1:
+                objectives.append(None)  # the reference's first modules have no loss of their own (§9 B12)
+                continue
+            chain = leap_chain(plan, k)
+            update = self.ema_update == "all" or k == num_modules - 2
+            transform = LeapChain(plan, chain, self.momentum, self.clone_init, update)
+            chain_channels = plan.block_output_shape(chain[-1])[0]
+            objectives.append(MLAANObjective(
+                index=k, first=max(0, k - self.laminae + 1),
+                independent=self._path_objective(plan, k, plan.output_shape(k)[0], None),
+                cascaded=self._path_objective(plan, k, chain_channels, transform),
+                independent_weight=self.independent_weight, cascade_weight=self.cascade_weight))
+        last = num_modules - 1
+        weighted = self.final_loss == "weighted"
+        objectives.append(MLAANFinalObjective(
+            index=last, first=max(0, last - self.laminae + 1),
+            independent_weight=self.independent_weight if weighted else None,
+            cascade_weight=self.cascade_weight if weighted else 1.0))
+        return objectives
