@@ -83,7 +83,7 @@ def auto_leap_chain(plan: LocalPlan, k: int) -> tuple[int, ...]:
 def leap_chain(plan: LocalPlan, k: int) -> tuple[int, ...]:
     """The reference's chain when it published one for this backbone and split, else :func:`auto_leap_chain`."""
     table = LEAP_CHAINS.get((plan.layout.arch, plan.num_modules))
-    if table is not None and plan.split_kind == "paper" and k < len(table):
+    if table is not None and plan.split_kind in ("paper", "auto") and k < len(table):
         return table[k]
     return auto_leap_chain(plan, k)
 
@@ -115,7 +115,10 @@ class LeapChain(nn.Module):
 
 
 def run_cascade(ctx: LocalContext, first: int, last: int) -> torch.Tensor:
-    """Re-evaluate local modules ``first .. last`` from the detached input of module ``first``."""
+    """Re-evaluate local modules ``first .. last`` from the detached input of module ``first``.
+
+    Objectives skip this when ``first == last``: the module's own output is that cascade.
+    """
     z = ctx.module_inputs[first]
     for j in range(first, last + 1):
         z = ctx.bodies[j](z)
@@ -134,7 +137,8 @@ class MLAANObjective(LocalObjective):
         self.independent_weight, self.cascade_weight = independent_weight, cascade_weight
 
     def forward(self, h: torch.Tensor, ctx: LocalContext) -> torch.Tensor:
-        loss = self.cascade_weight * self.cascaded(run_cascade(ctx, self.first, self.index), ctx)
+        cascade_input = h if self.first == self.index else run_cascade(ctx, self.first, self.index)
+        loss = self.cascade_weight * self.cascaded(cascade_input, ctx)
         if self.independent is not None:
             loss = loss + self.independent_weight * self.independent(h, ctx)
         return loss
@@ -155,6 +159,9 @@ class MLAANFinalObjective(LocalObjective):
         self.independent_weight, self.cascade_weight = independent_weight, cascade_weight
 
     def forward(self, logits: torch.Tensor, ctx: LocalContext) -> torch.Tensor:
+        if self.first == self.index:  # a cascade of one module is the module itself: plain CE (K = 1 is E2E)
+            weight = self.cascade_weight + (self.independent_weight or 0.0)
+            return weight * F.cross_entropy(logits.float(), ctx.target)
         cascaded = run_cascade(ctx, self.first, self.index)
         loss = self.cascade_weight * F.cross_entropy(cascaded.float(), ctx.target)
         if self.independent_weight is not None:

@@ -21,6 +21,7 @@ from ..local import BackboneLayout, BoundCall, LocalNet, localize
 from ..local.layout import reset_parameters_like_resnet
 
 STAGE_WIDTHS = (16, 32, 64)
+DEFAULT_NUM_LOCAL_MODULES = 4
 BLOCKS_PER_STAGE = {32: 5, 110: 18}
 
 
@@ -224,12 +225,12 @@ def _build_local_cifar_resnet(depth: int, method: str, dataset: Optional[str] = 
     backbone = CifarResNet(depth=depth, **backbone_args)
     if method in ("infopro", "dgl", "greedy", "man") and dataset is not None:
         kwargs.setdefault("dataset", dataset)
-    if method == "e2e" and num_local_modules is None:
-        num_local_modules = 1
+    explicit_split = kwargs.get("split") is not None and not isinstance(kwargs.get("split"), str)
+    if num_local_modules is None and not explicit_split:
+        num_local_modules = 1 if method == "e2e" else DEFAULT_NUM_LOCAL_MODULES
     mean = HALF_MEAN if dataset in ("svhn", "stl10") else CIFAR10_MEAN
     std = HALF_STD if dataset in ("svhn", "stl10") else CIFAR10_STD
-    return localize(backbone, method=method, num_local_modules=4 if num_local_modules is None else num_local_modules,
-                    mean=mean, std=std, **kwargs)
+    return localize(backbone, method=method, num_local_modules=num_local_modules, mean=mean, std=std, **kwargs)
 
 
 def _create(depth: int, method: str, pretrained: bool = False, **kwargs) -> LocalNet:
@@ -237,7 +238,7 @@ def _create(depth: int, method: str, pretrained: bool = False, **kwargs) -> Loca
     tag = kwargs.get("pretrained_cfg") if isinstance(kwargs.get("pretrained_cfg"), str) else None
     dataset = tag if tag in ("cifar10", "svhn", "stl10") else None
     return build_model_with_cfg(partial(_build_local_cifar_resnet, depth, method, dataset), variant, pretrained,
-                                feature_cfg=dict(flatten_sequential=True), **kwargs)
+                                feature_cfg=dict(out_indices=(0, 1, 2, 3)), **kwargs)
 
 
 @register_model

@@ -1,0 +1,142 @@
+"""What each method computes: SupCon, λ schedules, MAN's EMA rule, MLAAN's chains, and that each learns."""
+import itertools
+
+import pytest
+import timm
+import torch
+
+from conftest import batch
+from timm_local.methods.losses import supervised_contrastive_loss
+from timm_local.methods.mlaan import LEAP_CHAINS
+
+
+def supcon_brute_force(z, labels, tau=0.07):
+    """METHODS.md §4.2 written as loops over anchors and pairs."""
+    n = len(labels)
+    total = 0.0
+    for a in range(n):
+        denominator = sum(torch.exp(z[a] @ z[k] / tau) for k in range(n) if k != a)
+        positives = [b for b in range(n) if b != a and labels[b] == labels[a]]
+        terms = [z[a] @ z[b] / tau - torch.log(denominator) for b in positives]
+        total = total + (sum(terms) / len(terms) if terms else 0.0)
+    return -total / n
+
+
+def test_supcon_matches_brute_force():
+    g = torch.Generator().manual_seed(3)
+    z = torch.nn.functional.normalize(torch.randn(12, 16, generator=g, dtype=torch.float64), dim=1)
+    labels = torch.tensor([0, 1, 0, 2, 1, 0, 3, 2, 2, 1, 4, 0])  # class 3 and 4: anchors without positives
+    got = supervised_contrastive_loss(z, labels)
+    torch.testing.assert_close(got.double(), supcon_brute_force(z, labels), rtol=1e-5, atol=1e-5)
+
+
+def weights_of(model):
+    return [(round(model.aux[k].recon_weight, 6), round(model.aux[k].task_weight, 6))
+            for k in range(model.num_local_modules - 1)]
+
+
+def test_infopro_published_lambda_schedule_by_module_index():
+    # ResNet-32, CIFAR-10, K = 2: (ixx_1, ixy_1, ixx_2, ixy_2) = (5, 1, 0, 0); r = 0.
+    assert weights_of(timm.create_model("resnet32_infopro", num_local_modules=2)) == [(5.0, 1.0)]
+    # K = 4: (6, 0, 1, 2); r = k / 2 for k = 0, 1, 2.
+    assert weights_of(timm.create_model("resnet32_infopro", num_local_modules=4)) == [(6.0, 0.0), (3.5, 1.0), (1.0, 2.0)]
+    # K = 16: (5, 0.05, 0.2, 0.5); r = k / 14.
+    w = weights_of(timm.create_model("resnet32_infopro", num_local_modules=16))
+    assert len(w) == 15 and w[0] == (5.0, 0.05) and w[14] == (0.2, 0.5) and w[7] == (2.6, 0.275)
+    # Dataset-specific rows come from the tag: STL-10 ResNet-110 K = 4 is (20, 0.2, 5, 2).
+    stl = timm.create_model("resnet110_infopro.stl10", num_local_modules=4)
+    assert weights_of(stl)[0] == (20.0, 0.2) and weights_of(stl)[2] == (5.0, 2.0)
+
+
+def test_man_stage_rule_is_clamped_and_uses_the_next_blocks_stage():
+    model = timm.create_model("resnet32_man", num_local_modules=15, weight_schedule="stage")
+    w = weights_of(model)
+    # next block of aux k is block k + 1; blocks 1-4 are stage 1, 5-9 stage 2, 10-14 stage 3; K - 2 = 13.
+    assert w[0] == (round(5 * (1 - 1 / 13), 6), round(0.5 * (1 - 1 / 13), 6))
+    assert w[4] == (round(5 * (1 - 2 / 13), 6), round(0.5 * (1 - 2 / 13), 6))
+    assert w[9] == w[13] == (round(5 * (1 - 3 / 13), 6), round(0.5 * (1 - 3 / 13), 6))
+    small = timm.create_model("resnet32_man", num_local_modules=4, weight_schedule="stage")
+    assert all(r >= 0 and t >= 0 for r, t in weights_of(small))  # the reference would extrapolate below 0
+
+
+def test_man_momentum_copy_follows_the_next_modules_first_block():
+    model = timm.create_model("resnet32_man", num_local_modules=4, momentum=0.9)
+    for k, cut in enumerate(model.cuts):
+        pair = model.aux[k].transform
+        source = model.local_modules[k + 1].blocks[0]
+        assert pair.source is source
+        for ema_p, src_p, lb_p in zip(pair.momentum.parameters(), source.parameters(), pair.learnable.parameters()):
+            assert torch.equal(ema_p, src_p) and ema_p.data_ptr() != src_p.data_ptr()
+            assert not ema_p.requires_grad and lb_p.requires_grad
+        assert any(not torch.equal(a, b) for a, b in zip(pair.learnable.parameters(), source.parameters()))
+    pair = model.aux[1].transform
+    source = model.local_modules[2].blocks[0]
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(1.0)
+        for b in source.buffers():
+            b.add_(3)
+    before = [p.clone() for p in pair.momentum.parameters()]
+    buffers_before = [b.clone() for b in pair.momentum.buffers()]
+    model.momentum_update()
+    for old, new, src in zip(before, pair.momentum.parameters(), source.parameters()):
+        torch.testing.assert_close(new, 0.9 * old + 0.1 * src)
+    assert all(torch.equal(a, b) for a, b in zip(buffers_before, pair.momentum.buffers()))
+
+
+def test_man_reference_random_ema_init():
+    model = timm.create_model("resnet32_man", num_local_modules=4, ema_init="random")
+    pair = model.aux[0].transform
+    assert not torch.equal(pair.momentum.conv1.weight, pair.source.conv1.weight)
+
+
+def test_mlaan_chains_follow_the_reference_tables():
+    model = timm.create_model("resnet32_mlaan", num_local_modules=15)
+    assert model.aux[0].__class__.__name__ == "Identity"  # module 0: no loss of its own (§9 B12)
+    assert model.aux[1].cascaded.transform.chain == LEAP_CHAINS[("resnet32", 15)][1] == (5, 10, 12, 14)
+    assert model.aux[10].cascaded.transform.chain == (11, 12, 14)
+    assert model.aux[13].cascaded.transform.chain == (14,)
+    first = model.aux[5].cascaded.transform.first
+    assert first.source is model.backbone.layer3[0]
+    assert torch.equal(first.learnable.conv1.weight, first.source.conv1.weight)  # CIFAR code: clones are copies
+    auto = timm.create_model("resnet32_mlaan", num_local_modules=4)
+    chains = [auto.aux[k].cascaded.transform.chain for k in range(1, 3)]
+    assert all(chain[-1] == 14 for chain in chains)
+
+
+def test_mlaan_last_only_ema_update_freezes_other_twins():
+    model = timm.create_model("resnet32_mlaan", num_local_modules=4, ema_update="last", momentum=0.5)
+    twins = {k: model.aux[k].cascaded.transform.first for k in (1, 2)}
+    before = {k: twin.momentum.conv1.weight.clone() for k, twin in twins.items()}
+    with torch.no_grad():
+        for twin in twins.values():
+            twin.source.conv1.weight.add_(1.0)
+    model.momentum_update()
+    assert torch.equal(twins[1].momentum.conv1.weight, before[1])
+    assert not torch.equal(twins[2].momentum.conv1.weight, before[2])
+
+
+LEARNERS = [
+    ("resnet32_greedy", {}), ("resnet32_dgl", {}), ("resnet32_infopro", {}),
+    ("resnet32_infopro", {"local_loss": "ce"}),
+    ("resnet32_man", {"recon_weights": (5.0, 1.0), "task_weights": (0.5, 0.5)}),
+    ("resnet32_man", {"base": "dgl"}), ("resnet32_mlaan", {}), ("resnet32_e2e", {"num_local_modules": 1}),
+]
+
+
+@pytest.mark.parametrize("name,kwargs", LEARNERS)
+def test_a_few_sgd_steps_lower_every_local_loss(name, kwargs):
+    kwargs = {"num_local_modules": 4, **kwargs}
+    model = timm.create_model(name, **kwargs)
+    x, y = batch(n=16, seed=5)
+    optimizer = torch.optim.SGD(model.local_param_groups(), lr=0.05, momentum=0.9)
+    history = []
+    for _ in range(8):
+        optimizer.zero_grad(set_to_none=True)
+        out = model.local_step(x, y)
+        model.momentum_update()
+        optimizer.step()
+        history.append([loss.item() for loss in out.losses])
+    for k, module in enumerate(model.local_modules):
+        if module.objective is not None:
+            assert history[-1][k] < history[0][k], (k, [h[k] for h in history])
