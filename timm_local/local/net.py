@@ -95,6 +95,16 @@ class LocalNet(nn.Module):
         self.__dict__["_trainable"] = num_classes > 0
         self.__dict__["_input_size"] = tuple(layout.input_size)
 
+    def extra_repr(self) -> str:
+        return (f"method={self.method.name}, num_local_modules={len(self.local_modules)}, "
+                f"cuts={list(self.cuts)} ({self.split_kind})")
+
+    def train(self, mode: bool = True) -> "LocalNet":
+        """Also flag the (unregistered) local-module wrappers, which DDP/Accelerate may wrap."""
+        super().train(mode)
+        self.local_modules.train(mode)
+        return self
+
     # ------------------------------------------------------------------ timm contract
     @property
     def num_classes(self) -> int:
