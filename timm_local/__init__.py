@@ -19,5 +19,11 @@ def list_models(filter: str = "*", **kwargs) -> list[str]:
     return timm.list_models(filter, module=["cifar_resnet_local", "resnet_local", "vit_local"], **kwargs)
 
 
+def list_pretrained(filter: str = "*") -> list[str]:
+    """The ``arch.tag`` names that have weights: ours, one per folder in hub_cards/ (see ``timm_local.hub``),
+    and tags that start from timm's own pretrained backbones."""
+    return list_models(filter, pretrained=True)
+
+
 __all__ = ["BackboneLayout", "BoundCall", "LocalModule", "LocalNet", "METHODS", "create_method", "list_models",
-           "localize", "register_describer", "__version__"]
+           "list_pretrained", "localize", "register_describer", "__version__"]

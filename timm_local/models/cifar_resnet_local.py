@@ -17,6 +17,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._manipulate import checkpoint_seq
 
 from ..constants import CIFAR10_LABELS, CIFAR10_MEAN, CIFAR10_STD, HALF_MEAN, HALF_STD, STL10_LABELS, SVHN_LABELS
+from ..hub.registry import parse_tag, published_tags, tag_info
 from ..local import BackboneLayout, BoundCall, LocalNet, localize
 from ..local.layout import reset_parameters_like_resnet
 
@@ -210,9 +211,19 @@ def _tags(method: str) -> dict:
     }
 
 
+def _published_cfgs(arch: str, method: str) -> dict:
+    """Tags with weights on the Hub, e.g. ``k16_cifar10``: one per folder ``hub_cards/<arch>.<tag>/``
+    (:mod:`timm_local.hub.registry`), with their dataset's cfg and the full ``hf_hub_id``."""
+    published = published_tags(arch)
+    return {f"{arch}.{tag}": {**cfg, "hf_hub_id": hf_hub_id} for dataset, cfg in _tags(method).items()
+            for tag, hf_hub_id in published.items() if parse_tag(tag).dataset == dataset}
+
+
 default_cfgs = generate_default_cfgs({
-    f"resnet{depth}_{method}.{tag}": cfg
-    for depth in BLOCKS_PER_STAGE for method in METHOD_NAMES for tag, cfg in _tags(method).items()
+    **{f"resnet{depth}_{method}.{tag}": cfg
+       for depth in BLOCKS_PER_STAGE for method in METHOD_NAMES for tag, cfg in _tags(method).items()},
+    **{name: cfg for depth in BLOCKS_PER_STAGE for method in METHOD_NAMES
+       for name, cfg in _published_cfgs(f"resnet{depth}_{method}", method).items()},
 })
 
 _BACKBONE_ARGS = ("num_classes", "in_chans", "global_pool", "drop_rate", "img_size")
@@ -235,8 +246,10 @@ def _build_local_cifar_resnet(depth: int, method: str, dataset: Optional[str] = 
 
 def _create(depth: int, method: str, pretrained: bool = False, **kwargs) -> LocalNet:
     variant = f"resnet{depth}_{method}"
-    tag = kwargs.get("pretrained_cfg") if isinstance(kwargs.get("pretrained_cfg"), str) else None
-    dataset = tag if tag in ("cifar10", "svhn", "stl10") else None
+    tag = tag_info(kwargs.get("pretrained_cfg"))  # e.g. 'k16_svhn': dataset 'svhn', 16 local modules
+    dataset = tag.dataset if tag.dataset in ("cifar10", "svhn", "stl10") else None
+    if tag.num_local_modules is not None:
+        kwargs.setdefault("num_local_modules", tag.num_local_modules)
     return build_model_with_cfg(partial(_build_local_cifar_resnet, depth, method, dataset), variant, pretrained,
                                 feature_cfg=dict(out_indices=(0, 1, 2, 3)), **kwargs)
 
