@@ -140,3 +140,18 @@ def test_a_few_sgd_steps_lower_every_local_loss(name, kwargs):
     for k, module in enumerate(model.local_modules):
         if module.objective is not None:
             assert history[-1][k] < history[0][k], (k, [h[k] for h in history])
+
+
+def test_loading_backbone_weights_refreshes_block_copies():
+    source = timm.create_model("resnet32_mlaan", num_local_modules=4)
+    target = timm.create_model("resnet32_mlaan", num_local_modules=4)
+    target.load_state_dict(source.inference_state_dict())
+    chain = target.aux[2].cascaded.transform
+    assert torch.equal(chain.first.momentum.conv1.weight, chain.first.source.conv1.weight)
+    assert all(torch.equal(c.conv1.weight, s.conv1.weight) for c, s in chain.copied_pairs())
+    man = timm.create_model("resnet32_man", num_local_modules=4)
+    lb_before = man.aux[0].transform.learnable.conv1.weight.clone()
+    man.load_state_dict(source.inference_state_dict())
+    pair = man.aux[0].transform
+    assert torch.equal(pair.momentum.conv1.weight, pair.source.conv1.weight)
+    assert torch.equal(pair.learnable.conv1.weight, lb_before)  # LB is initialised independently, not a copy

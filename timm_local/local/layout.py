@@ -8,7 +8,7 @@ The engine cuts the block list into K local modules; methods attach aux nets at 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -51,6 +51,27 @@ def reset_parameters_like_resnet(module: nn.Module) -> None:
             m.reset_parameters()
 
 
+FEATURE_FORMATS = ("cnn_cifar", "cnn_imagenet", "tokens")
+
+
+@dataclass(frozen=True)
+class TokenFormat:
+    """How a token backbone (ViT) lays out its (B, N, C) features, so aux nets can read them.
+
+    Attributes:
+        pool: how the backbone pools its last tokens: 'token' (the class token) or 'avg' (mean of the
+            patch tokens).
+        num_prefix_tokens: class / register tokens in front of the patch tokens.
+        patch_size: (p_h, p_w) pixels per patch token.
+        grid_size: (g_h, g_w) patch tokens per column / row; N = num_prefix_tokens + g_h · g_w.
+    """
+
+    pool: str
+    num_prefix_tokens: int
+    patch_size: tuple[int, int]
+    grid_size: tuple[int, int]
+
+
 @dataclass
 class BackboneLayout:
     """A backbone cut into stem, blocks and head.
@@ -67,6 +88,10 @@ class BackboneLayout:
         final_channels: channel count of the last stage (the InfoPro aux-head width rule).
         arch: the backbone's name (e.g. 'resnet32'), which methods use to look up published
             hyper-parameters.
+        feature_format: what the features between blocks look like, so that methods pick aux nets
+            that fit: 'cnn_cifar' (NCHW, CIFAR-size ResNets), 'cnn_imagenet' (NCHW, ImageNet-style
+            stages down to stride 32) or 'tokens' (B, N, C), which also needs ``tokens``.
+        tokens: the token layout when ``feature_format == 'tokens'``.
     """
 
     stem: nn.Module
@@ -78,10 +103,16 @@ class BackboneLayout:
     arch: str = ""
     paper_splits: Mapping[str, Mapping[int, tuple[int, ...]]] = field(default_factory=dict)
     reinit_block: Callable[[nn.Module], None] = reset_parameters_like_resnet
+    feature_format: str = "cnn_cifar"
+    tokens: Optional[TokenFormat] = None
 
     def __post_init__(self):
         if len(self.block_stages) != len(self.blocks):
             raise ValueError(f"block_stages has {len(self.block_stages)} entries for {len(self.blocks)} blocks")
+        if self.feature_format not in FEATURE_FORMATS:
+            raise ValueError(f"feature_format={self.feature_format!r}: choose one of {', '.join(FEATURE_FORMATS)}")
+        if (self.feature_format == "tokens") != (self.tokens is not None):
+            raise ValueError("a layout with feature_format='tokens' needs tokens=TokenFormat(...), and only it")
 
     @property
     def num_blocks(self) -> int:

@@ -11,11 +11,11 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from ..methods.base import LocalMethod, LocalPlan, momentum_lerp_
+from ..methods.base import BlockCopies, LocalMethod, LocalPlan, momentum_lerp_
 from .context import LocalContext
 from .layout import BackboneLayout, probe_features
 from .module import LocalModule
-from .split import SplitSpec, resolve_split
+from .split import SplitSpec, measure_module_costs, resolve_split
 
 Describe = Callable[[nn.Module], BackboneLayout]
 
@@ -60,10 +60,13 @@ class LocalNet(nn.Module):
         self.__dict__["method"] = method
         self.__dict__["_describe"] = describe
         self.mean, self.std = tuple(mean), tuple(std)
+        self.__dict__["_normalisation_tensors"] = {}
         self._adopt_backbone_members()
         layout = describe(backbone)
         self.__dict__["_probe"] = probe_features(layout)
-        self.cuts, self.split_kind = resolve_split(layout, num_local_modules, split, self._probe)
+        self.cuts, self.split_kind = resolve_split(
+            layout, num_local_modules, split, self._probe,
+            costs=lambda: measure_module_costs(layout, method, self._probe, backbone.num_classes, self.mean, self.std))
         self._build_local_modules(layout)
 
     # ------------------------------------------------------------------ construction
@@ -175,8 +178,9 @@ class LocalNet(nn.Module):
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Load a full state dict, or an inference one (no ``aux.`` keys) strictly into the backbone.
 
-        With an inference state dict the aux nets keep their current weights; strictness still
-        applies to every backbone key.
+        With an inference state dict the aux nets keep their current weights, except block copies
+        meant to start equal to their source (MAN's EMA copy, MLAAN's clones), which are re-copied
+        from the loaded blocks; strictness still applies to every backbone key.
         """
         if any(k.startswith("aux.") for k in state_dict):
             return super().load_state_dict(state_dict, strict=strict, assign=assign)
@@ -185,6 +189,9 @@ class LocalNet(nn.Module):
         if strict and (missing or result.unexpected_keys):
             raise RuntimeError(f"Error(s) loading state_dict for {type(self.backbone).__name__}: "
                                f"missing keys {missing}, unexpected keys {result.unexpected_keys}")
+        for module in self.aux.modules():
+            if isinstance(module, BlockCopies):
+                module.refresh_from_sources()
         return result
 
     # ------------------------------------------------------------------ local training
@@ -235,8 +242,10 @@ class LocalNet(nn.Module):
         if len(modules) != len(self.local_modules):
             raise ValueError(f"got {len(modules)} modules for {len(self.local_modules)} local modules")
         depth = self.method.cascade_depth
-        ctx = LocalContext(image=x, target=target, mean=self.mean, std=self.std,
+        mean, std = self._normalisation(x.device)
+        ctx = LocalContext(image=x, target=target, mean=mean, std=std,
                            bodies=[m.body for m in self.local_modules] if depth > 1 else ())
+        autocast_cache = backward is not None and torch.is_autocast_enabled(x.device.type)
         h, losses = x, []
         last = len(modules) - 1
         for k, module in enumerate(modules):
@@ -252,9 +261,23 @@ class LocalNet(nn.Module):
                 if backward is not None:
                     backward(loss)
                     loss = loss.detach()
+            if autocast_cache:  # free module k's low-precision weight copies (a later cascade re-casts its own)
+                torch.clear_autocast_cache()
             losses.append(loss)
             h = h_out.detach() if (k < last or backward is not None) else h_out
         return LocalStepOutput(h, losses)
+
+    def _normalisation(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``mean`` and ``std`` as float32 tensors on ``device``, made once per device.
+
+        Made from Python floats inside the step they would be copied host → device, a synchronising
+        copy on CUDA, for every aux net that reconstructs the image.
+        """
+        key = (device, self.mean, self.std)
+        if key not in self._normalisation_tensors:
+            self._normalisation_tensors[key] = tuple(torch.tensor(v, dtype=torch.float32, device=device)
+                                                     for v in (self.mean, self.std))
+        return self._normalisation_tensors[key]
 
     @torch.no_grad()
     def momentum_update(self) -> None:

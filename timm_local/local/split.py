@@ -4,30 +4,49 @@ A split is written as ``cuts``: the index of the first block of each module afte
 strictly increasing tuple of K - 1 integers in [0, num_blocks - 1]. Module 0 always owns the stem;
 ``cuts[0] == 0`` makes module 0 the stem alone (InfoPro's ResNet-32 K=16 table). Module k owns
 blocks ``cuts[k-1] .. cuts[k] - 1`` and the last module owns the rest plus the head.
+
+The automatic split minimises the largest module's *measured* peak: during the interleaved step
+(``LocalNet.local_step``) module k's forward, aux nets and backward run while no other module holds
+a graph, so the step's activation peak is max_k of what module k keeps for backward. That is
+measured once per model (:func:`measure_module_costs`): the bytes autograd saves in every block
+run in sequence, the feature held at every possible boundary, and the method's own aux nets built
+and run at every possible boundary.
 """
 from __future__ import annotations
 
-from typing import Sequence, Union
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Union
 
+import torch
+from torch import nn
+
+from ..methods.base import LocalMethod, LocalPlan
+from .context import LocalContext
 from .layout import BackboneLayout, FeatureProbe
 
 SplitSpec = Union[None, str, Sequence[int]]
 
 
 def resolve_split(layout: BackboneLayout, num_local_modules: int | None, split: SplitSpec,
-                  probe: FeatureProbe) -> tuple[tuple[int, ...], str]:
+                  probe: FeatureProbe, costs: Optional[Callable[[], "ModuleCosts"]] = None
+                  ) -> tuple[tuple[int, ...], str]:
     """Turn the user's ``num_local_modules`` / ``split`` into ``(cuts, kind)``.
 
     ``kind`` says where the cuts came from: 'paper' (a published table), 'balanced' (a published
-    memory-balanced table, or measured balance when ``split='balanced'``), 'auto' (measured balance
-    for a K without a table), 'even' or 'explicit'.
+    memory-balanced table, or measured balance), 'auto' (measured balance for a K without a table),
+    'even' or 'explicit'.
 
     * ``split=None``: the paper's table for this K when the backbone has one, else
-      :func:`balanced_cuts` on measured activation memory.
+      :func:`balanced_cuts` on measured memory.
     * ``split="balanced"``: the memory-balanced table (InfoPro*) when one exists, else
-      :func:`balanced_cuts`.
+      :func:`balanced_cuts` on measured memory (any K).
+    * ``split="measured"``: :func:`balanced_cuts` on measured memory even where a table exists.
     * ``split="even"``: equal block counts (the remainder goes to the earliest modules).
     * ``split=[b_1, ..., b_{K-1}]``: explicit cuts (first block index of modules 1..K-1).
+
+    ``costs`` returns the measured :class:`ModuleCosts` (called only when a measured split is
+    needed); without it the balance uses ``probe``'s per-block bytes alone.
     """
     n = layout.num_blocks
     if split is not None and not isinstance(split, str):
@@ -44,19 +63,27 @@ def resolve_split(layout: BackboneLayout, num_local_modules: int | None, split: 
         raise ValueError(f"num_local_modules={k} is not possible for a backbone with {n} blocks: use "
                          f"1 <= K <= {n} (K = {n} puts one block in each module), or an explicit split "
                          f"such as [0, 1, ..., {n - 1}] to give the stem a module of its own")
+
+    def measured() -> tuple[int, ...]:
+        if k == 1:
+            return ()
+        return balanced_cuts(costs() if costs is not None else probe, k)
+
     if split in (None, "paper"):
         if k in paper:
             return tuple(paper[k]), "paper"
         if split == "paper":
             raise ValueError(f"no published split for K={k} on this backbone (tables exist for K in "
                              f"{sorted(paper)}); use split=None for the automatic split")
-        return balanced_cuts(probe, k), "auto"
+        return measured(), "auto"
     if split == "balanced":
         table = layout.paper_splits.get("balanced", {})
-        return (tuple(table[k]) if k in table else balanced_cuts(probe, k)), "balanced"
+        return (tuple(table[k]) if k in table else measured()), "balanced"
+    if split == "measured":
+        return measured(), "balanced"
     if split == "even":
         return even_cuts(n, k), "even"
-    raise ValueError(f"unknown split {split!r}: use None, 'paper', 'balanced', 'even' or a list of "
+    raise ValueError(f"unknown split {split!r}: use None, 'paper', 'balanced', 'measured', 'even' or a list of "
                      f"block indices where modules 1..K-1 start")
 
 
@@ -80,35 +107,180 @@ def even_cuts(num_blocks: int, k: int) -> tuple[int, ...]:
     return tuple(cuts)
 
 
-def balanced_cuts(probe: FeatureProbe, k: int) -> tuple[int, ...]:
-    """Contiguous cuts minimising the largest module's activation memory (stem counted in module 0).
+@dataclass(frozen=True)
+class ModuleCosts:
+    """Bytes per sample that a local module keeps alive for backward, by the positions it starts and ends at.
 
-    Classic linear partition by dynamic programming over the measured per-block bytes of
-    :func:`~timm_local.local.layout.probe_features`; ties prefer earlier cuts being later
-    (smaller first modules). Every module gets at least one block.
+    Positions: 0 is the stem output, p is the output of block p - 1, n = num_blocks the last one.
+
+    Attributes:
+        stem_bytes, block_bytes: saved-for-backward storages first saved by the stem / block j when the
+            stem and blocks run in sequence (a storage saved by two blocks counts in the first).
+        feature_bytes: the feature at every position (n + 1 entries).
+        saved_by_producer: whether the block producing feature p saves it itself (a ResNet block's last
+            ReLU does; a ViT block's residual add does not, so its next block saves it).
+        aux_bytes: what the method's aux objective saves when a module ends at position p (its input
+            excluded); entries 0 and n are 0 (the last module's head is part of the backbone).
     """
-    costs = list(probe.block_bytes)
-    n = len(costs)
-    prefix = [0]
-    for c in costs:
-        prefix.append(prefix[-1] + c)
 
-    def segment(i: int, j: int) -> int:  # blocks i..j-1, plus the stem for the first module
-        return prefix[j] - prefix[i] + (probe.stem_bytes if i == 0 else 0)
+    stem_bytes: int
+    block_bytes: tuple[int, ...]
+    feature_bytes: tuple[int, ...]
+    saved_by_producer: tuple[bool, ...]
+    aux_bytes: tuple[int, ...]
 
+    @classmethod
+    def from_probe(cls, probe: FeatureProbe) -> "ModuleCosts":
+        """Per-block bytes of :func:`~timm_local.local.layout.probe_features` alone (no aux nets, no boundaries)."""
+        n = len(probe.block_bytes)
+        return cls(probe.stem_bytes, tuple(probe.block_bytes), (0,) * (n + 1), (True,) * (n + 1), (0,) * (n + 1))
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.block_bytes)
+
+    def module_bytes(self, start: int, end: int) -> int:
+        """Peak bytes per sample of a module owning blocks ``start .. end - 1`` (the stem too when ``start == 0``).
+
+        = its input (held by the engine; already in the previous block's bytes only when that block
+        saved it) + the bytes its blocks save + its output when no block of it saved it + its aux nets.
+        """
+        total = sum(self.block_bytes[start:end])
+        total += self.stem_bytes if start == 0 else self.feature_bytes[start] * self.saved_by_producer[start]
+        if end < self.num_blocks:
+            total += self.feature_bytes[end] * (not self.saved_by_producer[end]) + self.aux_bytes[end]
+        return total
+
+
+def balanced_cuts(costs: Union[ModuleCosts, FeatureProbe], k: int) -> tuple[int, ...]:
+    """Contiguous cuts minimising the largest :meth:`ModuleCosts.module_bytes` (the step's activation peak).
+
+    Two dynamic programmes over the block list: the first finds the smallest achievable peak
+    M* = min over splits of max_k cost_k (minimax linear partition); the second, among splits whose
+    every module costs at most M*, minimises sum_k cost_k², which spreads the modules that do not
+    set the peak evenly instead of leaving them arbitrary. Every module gets at least one block.
+    A :class:`FeatureProbe` balances its per-block bytes alone.
+    """
+    if isinstance(costs, FeatureProbe):
+        costs = ModuleCosts.from_probe(costs)
+    n = costs.num_blocks
+    cost = [[costs.module_bytes(i, j) if i < j else 0 for j in range(n + 1)] for i in range(n + 1)]
+    peak, _ = _partition(cost, k, max)
+    _, cuts = _partition(cost, k, lambda done, c: done + c * c if c <= peak else float("inf"))
+    return cuts
+
+
+def _partition(cost: list[list[int]], k: int, combine: Callable[[float, int], float]) -> tuple[float, tuple[int, ...]]:
+    """Split positions 0..n into ``k`` non-empty runs minimising ``combine`` folded over the runs' ``cost[i][j]``.
+
+    ``combine(value_so_far, run_cost)`` must be non-decreasing in both arguments (max, or a sum).
+    Returns the optimal value and the cuts; ties keep the latest start for the last run.
+    """
+    n = len(cost) - 1
     inf = float("inf")
-    # best[m][j]: minimal max-cost splitting blocks 0..j-1 into m modules; arg[m][j]: start of the last one
-    best = [[inf] * (n + 1) for _ in range(k + 1)]
-    arg = [[0] * (n + 1) for _ in range(k + 1)]
+    best = [[inf] * (n + 1) for _ in range(k + 1)]  # best[m][j]: runs 0..j-1 split into m modules
+    start = [[0] * (n + 1) for _ in range(k + 1)]   # start of the m-th module in that optimum
     best[0][0] = 0
     for m in range(1, k + 1):
         for j in range(m, n + 1):
             for i in range(m - 1, j):
-                cost = max(best[m - 1][i], segment(i, j))
-                if cost <= best[m][j]:
-                    best[m][j], arg[m][j] = cost, i
+                value = combine(best[m - 1][i], cost[i][j])
+                if value <= best[m][j]:
+                    best[m][j], start[m][j] = value, i
     cuts, j = [], n
     for m in range(k, 1, -1):
-        j = arg[m][j]
+        j = start[m][j]
         cuts.append(j)
-    return tuple(reversed(cuts))
+    return best[k][n], tuple(reversed(cuts))
+
+# ---------------------------------------------------------------------------------- measuring
+class _SavedStorages:
+    """``saved_tensors_hooks`` pack hook summing the bytes of each storage the first time autograd saves it."""
+
+    def __init__(self, excluded: Sequence[torch.Tensor] = ()):
+        self.seen = {t.untyped_storage().data_ptr() for t in excluded}
+        self.nbytes = 0
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in self.seen:
+            self.seen.add(ptr)
+            self.nbytes += t.untyped_storage().nbytes()
+        return t
+
+    def hooks(self):
+        return torch.autograd.graph.saved_tensors_hooks(self, lambda t: t)
+
+
+@contextmanager
+def _eval_mode(modules: Sequence[nn.Module]):
+    """Modules in eval mode (BatchNorm running statistics untouched), restored afterwards."""
+    modes = [(m, m.training) for m in modules]
+    try:
+        for m in modules:
+            m.eval()
+        yield
+    finally:
+        for m, mode in modes:
+            m.train(mode)
+
+
+def measure_module_costs(layout: BackboneLayout, method: LocalMethod, probe: FeatureProbe, num_classes: int,
+                         mean: Sequence[float], std: Sequence[float], batch_size: int = 2) -> ModuleCosts:
+    """Measure :class:`ModuleCosts` by running the backbone and the method's aux nets once on zeros.
+
+    The stem and blocks run in sequence under ``saved_tensors_hooks`` (parameters and buffers
+    excluded); then, for every boundary p, the objective ``method`` builds for a module ending at p
+    (from a two-module plan cut at p) runs on the feature there; boundaries alike in feature shapes
+    and stages on both sides are measured once. Objectives a method leaves out (MLAAN's first
+    module) cost 0, and MLAAN's re-evaluation of earlier modules is not modelled.
+    Everything runs in eval mode on the backbone's device, with the RNG state restored afterwards
+    (building the aux nets draws their initial weights). Bytes are per sample.
+    """
+    modules = [layout.stem, *layout.blocks]
+    param = next(layout.stem.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    weights = [t for m in modules for t in (*m.parameters(), *m.buffers())]
+    image = torch.zeros(batch_size, *layout.input_size, device=device, dtype=dtype)
+    counter = _SavedStorages(weights)
+    chain_bytes, features, saved_by_producer = [], [], []
+    with _eval_mode(modules), counter.hooks():
+        h = image.requires_grad_(True)
+        for m in modules:
+            before, seen_before = counter.nbytes, set(counter.seen)
+            h = m(h)
+            ptr = h.untyped_storage().data_ptr()
+            chain_bytes.append((counter.nbytes - before) // batch_size)
+            features.append(h)
+            saved_by_producer.append(ptr in counter.seen and ptr not in seen_before)
+    n = layout.num_blocks
+    aux = [0] * (n + 1)
+    if num_classes > 0:
+        ctx = LocalContext(image=image.detach(), target=torch.zeros(batch_size, dtype=torch.long, device=device),
+                           mean=mean, std=std)
+        measured: dict[tuple, int] = {}
+        with torch.random.fork_rng(devices=[]):
+            for p in range(1, n):
+                key = (probe.shapes[p], probe.shapes[p + 1], layout.block_stages[p - 1], layout.block_stages[p])
+                if key not in measured:
+                    measured[key] = _aux_bytes(layout, method, probe, num_classes, p, features[p], ctx)
+                aux[p] = measured[key]
+    return ModuleCosts(stem_bytes=chain_bytes[0], block_bytes=tuple(chain_bytes[1:]),
+                       feature_bytes=tuple(f.numel() * f.element_size() // batch_size for f in features),
+                       saved_by_producer=tuple(saved_by_producer), aux_bytes=tuple(aux))
+
+
+def _aux_bytes(layout: BackboneLayout, method: LocalMethod, probe: FeatureProbe, num_classes: int, p: int,
+               feature: torch.Tensor, ctx: LocalContext) -> int:
+    """Bytes per sample the objective of a module ending at position ``p`` saves, its input excluded."""
+    plan = LocalPlan(layout=layout, cuts=(p,), probe=probe, num_classes=num_classes, split_kind="balanced")
+    objective = method.build_objectives(plan)[0]
+    if objective is None:
+        return 0
+    objective.to(device=feature.device, dtype=feature.dtype)
+    h = feature.detach().requires_grad_(True)
+    counter = _SavedStorages([*objective.parameters(), *objective.buffers(), h, ctx.image])
+    with _eval_mode([objective]), counter.hooks():
+        objective(h, ctx)
+    return counter.nbytes // h.shape[0]

@@ -62,6 +62,24 @@ class LocalObjective(nn.Module):
         return []
 
 
+class BlockCopies(nn.Module):
+    """Aux modules holding copies of backbone blocks that are meant to start equal to their sources.
+
+    ``refresh_from_sources()`` re-copies them; ``LocalNet.load_state_dict`` calls it after loading
+    backbone-only (e.g. pretrained) weights, so such copies mirror the loaded blocks, not the
+    random initialisation they were cloned from.
+    """
+
+    def copied_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(copy, source) pairs whose copy should equal the source at initialisation."""
+        return []
+
+    @torch.no_grad()
+    def refresh_from_sources(self) -> None:
+        for clone, source in self.copied_pairs():
+            clone.load_state_dict(source.state_dict())
+
+
 class ClassifierObjective(LocalObjective):
     """The last module's end-to-end objective: CE(logits, y) with weight 1 (METHODS.md §2.1)."""
 

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from ..local.context import LocalContext
-from .aux_nets import AUX_CONFIGS, ReconstructionDecoder, aux_classifier
+from .aux_factory import aux_family
+from .aux_nets import AUX_CONFIGS
 from .base import ClassifierObjective, LocalMethod, LocalObjective, LocalPlan
 from .losses import reconstruction_loss, task_loss
 from .schedules import interpolate, module_index_ratio, stage_index_ratio
@@ -141,15 +142,11 @@ class InfoPro(LocalMethod):
         return None
 
     def build_aux_objective(self, plan: LocalPlan, k: int) -> InfoProObjective:
-        channels, height, width = self.aux_input_shape(plan, k)
+        shape, family = self.aux_input_shape(plan, k), aux_family(plan)
         out = self.aux_feature_dim if self.local_loss == "contrast" else plan.num_classes
-        head = aux_classifier(channels, self.aux_config, out, plan.layout.final_channels,
-                              self.aux_widen, self.aux_feature_dim)
+        head = family.task_head(plan, shape, self.aux_config, out, self.aux_widen, self.aux_feature_dim)
         recon, task = self.weights(plan, k)
-        decoder = None
-        if self.use_decoder:
-            image_channels, image_h, image_w = plan.layout.input_size
-            decoder = ReconstructionDecoder(channels, (image_h, image_w), image_channels, self.aux_widen)
+        decoder = family.decoder(plan, shape, self.aux_widen) if self.use_decoder else None
         return InfoProObjective(head, self.local_loss, task, decoder, recon, self.aux_transform(plan, k))
 
     def build_objectives(self, plan: LocalPlan) -> list[Optional[LocalObjective]]:

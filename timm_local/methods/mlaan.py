@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..local.context import LocalContext
-from .aux_nets import AUX_CONFIGS, ReconstructionDecoder, aux_classifier
-from .base import LocalMethod, LocalObjective, LocalPlan
+from .aux_factory import aux_family
+from .aux_nets import AUX_CONFIGS
+from .base import BlockCopies, LocalMethod, LocalObjective, LocalPlan
 from .infopro import InfoProObjective, check_choice
 from .man import MomentumBlockPair, check_momentum
 from .schedules import interpolate, module_index_ratio
@@ -41,7 +42,9 @@ def _repeat(*groups: tuple[int, Sequence[tuple[int, int]]]) -> list[Sequence[tup
 
 
 _R32, _R110 = (5, 5, 5), (18, 18, 18)
-# Leap chains of the reference (configAuxPlus_new.py), one per module, keyed by (arch, K) (METHODS.md §2.4).
+_R34, _R101 = (3, 4, 6, 3), (3, 4, 23, 3)
+# Leap chains of the reference, one per module, keyed by (arch, K): CIFAR ``configAuxPlus_new.py``
+# (METHODS.md §2.4) and ImageNet ``configAux_new.py`` (§2.5, one block per module).
 LEAP_CHAINS: dict[tuple[str, int], tuple[tuple[int, ...], ...]] = {
     ("resnet32", 15): _flat(_R32, [
         [(2, 0), (3, 0), (3, 2), (3, 4)], [(2, 0), (3, 0), (3, 2), (3, 4)], [(2, 0), (3, 0), (3, 3), (3, 4)],
@@ -59,6 +62,12 @@ LEAP_CHAINS: dict[tuple[str, int], tuple[tuple[int, ...], ...]] = {
         (18, [(2, 0), (3, 0), (3, 2), (3, 17)]), (17, [(3, 0), (3, 2), (3, 3), (3, 17)]),
         (1, [(3, 0), (3, 3), (3, 4), (3, 17)]), (7, [(3, 8), (3, 17)]), (4, [(3, 14), (3, 17)]),
         (2, [(3, 15), (3, 17)]), (3, [(3, 16), (3, 17)]), (1, [(3, 17)]))),
+    ("resnet34", 16): _flat(_R34, _repeat(
+        (3, [(2, 0), (2, 1), (3, 0), (4, 0), (4, 2)]), (4, [(2, 1), (3, 0), (4, 0), (4, 2)]),
+        (6, [(3, 1), (4, 0), (4, 1)]), (1, [(4, 1), (4, 1), (4, 2)]), (1, [(4, 1), (4, 2)]))),
+    ("resnet101", 33): _flat(_R101, _repeat(
+        (3, [(2, 0), (3, 0), (4, 0), (4, 2)]), (4, [(3, 0), (4, 0), (4, 1)]), (23, [(4, 0), (4, 1)]),
+        (2, [(4, 1), (4, 2)]))),
 }
 
 
@@ -88,7 +97,7 @@ def leap_chain(plan: LocalPlan, k: int) -> tuple[int, ...]:
     return auto_leap_chain(plan, k)
 
 
-class LeapChain(nn.Module):
+class LeapChain(BlockCopies):
     """z → (Aug_0(z) + EMA_0(z)) → Aug_1 → … : clones of the backbone blocks listed in ``chain``."""
 
     def __init__(self, plan: LocalPlan, chain: Sequence[int], momentum: float, clone_init: str,
@@ -103,12 +112,16 @@ class LeapChain(nn.Module):
         self.rest = nn.Sequential(*rest)
         self.update_momentum = update_momentum
         self.chain = tuple(chain)
+        self.__dict__["rest_sources"] = [blocks[j] for j in chain[1:]] if clone_init == "copy" else []
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.rest(self.first(z))
 
     def momentum_pairs(self):
         return self.first.momentum_pairs() if self.update_momentum else []
+
+    def copied_pairs(self):
+        return list(zip(self.rest, self.rest_sources))
 
     def extra_repr(self) -> str:
         return f"chain={list(self.chain)}"
@@ -218,17 +231,17 @@ class MLAAN(LocalMethod):
     def cascade_depth(self) -> int:
         return int(self.laminae)
 
-    def _path_objective(self, plan: LocalPlan, k: int, channels: int, transform: Optional[nn.Module]) -> InfoProObjective:
-        """The loss of one path: CE of a GAP + Linear head ('dgl'), or InfoPro's objective ('infopro')."""
+    def _path_objective(self, plan: LocalPlan, k: int, shape: tuple[int, ...],
+                        transform: Optional[nn.Module]) -> InfoProObjective:
+        """The loss of one path reading features of ``shape``: CE of the light head ('dgl': GAP + Linear
+        on CIFAR), or InfoPro's objective ('infopro')."""
+        family = aux_family(plan)
         if self.base == "dgl":
-            head = aux_classifier(channels, "0c1f", plan.num_classes, plan.layout.final_channels)
-            return InfoProObjective(head, "ce", 1.0, transform=transform)
+            return InfoProObjective(family.linear_head(plan, shape, plan.num_classes), "ce", 1.0, transform=transform)
         out = self.aux_feature_dim if self.local_loss == "contrast" else plan.num_classes
-        head = aux_classifier(channels, self.aux_config, out, plan.layout.final_channels, self.aux_widen,
-                              self.aux_feature_dim)
+        head = family.task_head(plan, shape, self.aux_config, out, self.aux_widen, self.aux_feature_dim)
         r = module_index_ratio(k, plan.num_modules)
-        image_channels, image_h, image_w = plan.layout.input_size
-        decoder = ReconstructionDecoder(channels, (image_h, image_w), image_channels, self.aux_widen)
+        decoder = family.decoder(plan, shape, self.aux_widen)
         return InfoProObjective(head, self.local_loss, interpolate(tuple(self.task_weights), r), decoder,
                                 interpolate(tuple(self.recon_weights), r), transform)
 
@@ -242,11 +255,10 @@ class MLAAN(LocalMethod):
             chain = leap_chain(plan, k)
             update = self.ema_update == "all" or k == num_modules - 2
             transform = LeapChain(plan, chain, self.momentum, self.clone_init, update)
-            chain_channels = plan.block_output_shape(chain[-1])[0]
             objectives.append(MLAANObjective(
                 index=k, first=max(0, k - self.laminae + 1),
-                independent=self._path_objective(plan, k, plan.output_shape(k)[0], None),
-                cascaded=self._path_objective(plan, k, chain_channels, transform),
+                independent=self._path_objective(plan, k, plan.output_shape(k), None),
+                cascaded=self._path_objective(plan, k, plan.block_output_shape(chain[-1]), transform),
                 independent_weight=self.independent_weight, cascade_weight=self.cascade_weight))
         last = num_modules - 1
         weighted = self.final_loss == "weighted"

@@ -229,11 +229,14 @@ default_cfgs = generate_default_cfgs({
 _BACKBONE_ARGS = ("num_classes", "in_chans", "global_pool", "drop_rate", "img_size")
 
 
-def _build_local_cifar_resnet(depth: int, method: str, dataset: Optional[str] = None,
+def _build_local_cifar_resnet(depth: int, method: str, tag_dataset: Optional[str] = None,
                               num_local_modules: Optional[int] = None, **kwargs) -> LocalNet:
+    """Backbone + localize. The dataset (the ``dataset`` option, else the tag's) picks λ rows and the
+    normalisation InfoPro's reconstruction target undoes."""
     backbone_args = {k: kwargs.pop(k) for k in _BACKBONE_ARGS if k in kwargs}
     kwargs.pop("drop_path_rate", None)  # timm's train.py passes it; these ResNets have no drop-path
     backbone = CifarResNet(depth=depth, **backbone_args)
+    dataset = kwargs.get("dataset", tag_dataset)
     if method in ("infopro", "dgl", "greedy", "man") and dataset is not None:
         kwargs.setdefault("dataset", dataset)
     explicit_split = kwargs.get("split") is not None and not isinstance(kwargs.get("split"), str)
