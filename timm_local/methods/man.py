@@ -90,7 +90,10 @@ class MAN(InfoPro):
         momentum: EMA decay m (0.995).
         base: 'infopro' (decoder + head) or 'dgl' (head only, CE weight 1); the paper reports both.
         ema_init: 'copy' (EMA starts equal to B_next, our default) or 'random' (the reference, §9 B5).
-        weight_schedule: 'module' (InfoPro's rule, default) or 'stage' (MAN's code, clamped; §9 B6).
+        weight_schedule: 'stage' (MAN's code, r = stage of B_next / (K − 2), clamped; default) or 'module'
+            (InfoPro's rule). MAN's README weights (5, 0.5) → (0, 0) assume the stage rule, which keeps r
+            ≤ 3 / (K − 2); under the module-index rule they would give the last aux net weight 0, so
+            that module would never train (§9 B6 recommends the module rule; we keep MAN's for MAN).
         mix: 'sum' (MAN: LB(h) + EMA(h)) or 'learned' (MAN++: s·LB(h) + (2 − s)·EMA(h), s trainable, from 1).
         extra_blocks: trainable copies (initialised like LB) of the blocks that follow B_next, run after the
             pair and before the head (MAN++ on ViTs uses one; the last block repeats at the network's end).
@@ -104,6 +107,7 @@ class MAN(InfoPro):
     momentum: float = 0.995
     base: str = "infopro"
     ema_init: str = "copy"
+    weight_schedule: str = "stage"
     mix: str = "sum"
     extra_blocks: int = 0
 

@@ -28,7 +28,7 @@ from .aux_nets import AUX_CONFIGS
 from .base import BlockCopies, LocalMethod, LocalObjective, LocalPlan
 from .infopro import InfoProObjective, check_choice
 from .man import MomentumBlockPair, check_momentum
-from .schedules import interpolate, module_index_ratio
+from .schedules import interpolate, module_index_ratio, stage_index_ratio
 
 
 def _flat(stage_sizes: Sequence[int], chains: Sequence[Sequence[tuple[int, int]]]) -> tuple[tuple[int, ...], ...]:
@@ -198,6 +198,8 @@ class MLAAN(LocalMethod):
         clone_init: 'copy' (clones start as the backbone's initial blocks, CIFAR code) or 'random' (ImageNet code).
         aux_config, local_loss, recon_weights, task_weights, aux_widen, aux_feature_dim: the InfoPro
             objective used with ``base='infopro'`` (defaults as MAN's README).
+        weight_schedule: λ interpolation with ``base='infopro'``: 'stage' (the reference, r = stage of
+            module k / (K − 2), clamped; default, as the README weights assume it) or 'module'.
     """
 
     name: ClassVar[str] = "mlaan"
@@ -215,6 +217,7 @@ class MLAAN(LocalMethod):
     task_weights: tuple[float, float] = (0.5, 0.0)
     aux_widen: float = 1.0
     aux_feature_dim: int = 128
+    weight_schedule: str = "stage"
 
     def __post_init__(self):
         if int(self.laminae) < 1:
@@ -225,6 +228,7 @@ class MLAAN(LocalMethod):
         check_choice("clone_init", self.clone_init, ("copy", "random"))
         check_choice("aux_config", self.aux_config, AUX_CONFIGS)
         check_choice("local_loss", self.local_loss, ("ce", "contrast"))
+        check_choice("weight_schedule", self.weight_schedule, ("module", "stage"))
         check_momentum(self.momentum)
 
     @property
@@ -240,7 +244,12 @@ class MLAAN(LocalMethod):
             return InfoProObjective(family.linear_head(plan, shape, plan.num_classes), "ce", 1.0, transform=transform)
         out = self.aux_feature_dim if self.local_loss == "contrast" else plan.num_classes
         head = family.task_head(plan, shape, self.aux_config, out, self.aux_widen, self.aux_feature_dim)
-        r = module_index_ratio(k, plan.num_modules)
+        if self.weight_schedule == "module":
+            r = module_index_ratio(k, plan.num_modules)
+        else:  # resnetInfoProbin.py: the stage of module k's own last block
+            last_block = plan.next_block_index(k) - 1
+            stage = plan.stage_of_block(last_block) if last_block >= 0 else 0
+            r = stage_index_ratio(stage, plan.num_modules)
         decoder = family.decoder(plan, shape, self.aux_widen)
         return InfoProObjective(head, self.local_loss, interpolate(tuple(self.task_weights), r), decoder,
                                 interpolate(tuple(self.recon_weights), r), transform)
