@@ -1,0 +1,75 @@
+"""configs/: every YAML parses through train.py's two-stage parser and builds its model; config errors are clear."""
+import glob
+import os
+import re
+
+import pytest
+import torch
+import timm
+
+from timm_local.data import get_dataset_spec
+from timm_local.train import parse_args
+from timm_local.train.setup import model_name_for_dataset
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+CONFIGS = sorted(glob.glob(os.path.join(CONFIG_DIR, "*", "*.yaml")))
+NAME = re.compile(r"^(?P<model>resnet\d+_[a-z0-9]+)_k(?P<k>\d+)(_[a-z0-9]+)?\.yaml$")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: faster for these small CPU ops, and far faster on a shared (oversubscribed) machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_configs_cover_the_paper_tables():
+    names = {os.path.relpath(p, CONFIG_DIR) for p in CONFIGS}
+    for k in (2, 4, 8, 16):
+        for method in ("greedy", "dgl"):
+            assert f"cifar10/resnet32_{method}_k{k}.yaml" in names
+        for data in ("cifar10", "svhn", "stl10"):
+            assert {f"{data}/resnet110_dgl_k{k}.yaml", f"{data}/resnet110_infopro_k{k}_contrast.yaml",
+                    f"{data}/resnet110_infopro_k{k}_softmax.yaml"} <= names
+    for k in (2, 3, 4):
+        assert {f"cifar10/resnet110_infopro_k{k}_balanced.yaml", f"stl10/resnet110_infopro_k{k}_balanced.yaml"} <= names
+    for method in ("man", "mlaan"):
+        for base in ("dgl", "infopro"):
+            assert {f"cifar10/resnet32_{method}_k15_{base}.yaml", f"cifar10/resnet32_{method}_k8_{base}.yaml",
+                    f"cifar10/resnet110_{method}_k32_{base}.yaml", f"cifar10/resnet110_{method}_k54_{base}.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, CONFIG_DIR))
+def test_config_builds_its_model(path):
+    args = parse_args(["--config", path])
+    folder, name = os.path.basename(os.path.dirname(path)), os.path.basename(path)
+    match = NAME.match(name)
+    assert match, f"{name} does not follow <model>_k<K>[_suffix].yaml"
+    assert args.model == match["model"] and args.dataset == folder
+    r400 = args.model.split("_")[1] in ("man", "mlaan") or name.endswith("_r400.yaml")
+    assert args.epochs == (400 if r400 else 160)
+    assert (args.batch_size, args.lr) == ((128, 0.1) if folder == "stl10" else (1024, 0.8))
+    assert (args.opt, args.momentum, args.weight_decay, args.sched, args.warmup_epochs) == (
+        "sgd", 0.9, 1e-4, "infopro_cosine", 10)
+    spec = get_dataset_spec(args.dataset)
+    model = timm.create_model(model_name_for_dataset(args.model, spec.name), num_classes=spec.num_classes,
+                              **args.model_kwargs)
+    assert model.num_local_modules == int(match["k"]) == args.model_kwargs["num_local_modules"]
+
+
+def test_unknown_config_key_names_the_closest(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model: resnet32_dgl\nbatch_sise: 64\n")
+    with pytest.raises(ValueError, match=r"unknown config key 'batch_sise'; did you mean 'batch_size'"):
+        parse_args(["--config", str(path)])
+
+
+def test_flags_win_over_config_and_model_kwargs_merge(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("model: resnet32_man\nlr: 0.8\nbatch-size: 1024\nmodel_kwargs:\n  num_local_modules: 15\n"
+                    "  momentum: 0.995\n")
+    args = parse_args(["-c", str(path), "--lr", "0.1", "--model-kwargs", "momentum=0.999", "base='dgl'", "img_size=96"])
+    assert (args.lr, args.batch_size) == (0.1, 1024)
+    assert args.model_kwargs == {"num_local_modules": 15, "momentum": 0.999, "base": "dgl", "img_size": 96}

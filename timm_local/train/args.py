@@ -1,0 +1,150 @@
+"""Command-line and YAML configuration of the trainer, timm-style (ECOSYSTEM.md §3.1).
+
+Two stages, as timm's train.py: ``-c/--config file.yaml`` is parsed first and its keys (the
+argparse *dest* names, ``batch_size``; ``batch-size`` is accepted too) become the parser's
+defaults, so flags given on the command line still win. ``model_kwargs`` from the file and from
+``--model-kwargs k=v ...`` are merged (the flags win key by key). A key the parser does not know is
+an error that names the key and the closest valid ones.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import difflib
+from typing import Any, Optional, Sequence
+
+import yaml
+
+TIMM_SCHEDULERS = ("cosine", "tanh", "step", "multistep", "plateau", "poly", "wsd")
+SCHEDULERS = ("infopro_cosine",) + TIMM_SCHEDULERS
+
+
+class ParseKwargs(argparse.Action):
+    """``k=v`` pairs into a dict, values parsed with ``ast.literal_eval`` (plain strings when that fails).
+
+    Like timm's ``ParseKwargs``, except that the pairs are merged into the current value (the
+    config file's ``model_kwargs``) instead of replacing it.
+    """
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        kwargs = dict(getattr(namespace, self.dest, None) or {})
+        for item in values:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                parser.error(f"{option_string} expects key=value pairs, got {item!r}")
+            try:
+                kwargs[key] = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                kwargs[key] = value
+        setattr(namespace, self.dest, kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The trainer's flags. Names follow timm's train.py wherever the meaning is the same."""
+    parser = argparse.ArgumentParser(
+        description="Train a timm_local model by supervised local learning (interleaved local modules, Accelerate).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter, parents=[_config_parser()])
+    group = parser.add_argument_group("Data")
+    group.add_argument("--dataset", default="cifar10", help="cifar10, svhn, stl10 or imagenet")
+    group.add_argument("--data-dir", default=None,
+                       help="a local copy of the dataset's Hub layout (None: load the Hub id through the HF cache)")
+    group.add_argument("--max-train-samples", type=int, default=None, help="use only the first N training images")
+    group.add_argument("--max-eval-samples", type=int, default=None, help="evaluate on the first N test images")
+    group.add_argument("-j", "--workers", type=int, default=4,
+                       help="data loader processes (streamed datasets: ImageNet)")
+
+    group = parser.add_argument_group("Model")
+    group.add_argument("--model", default="resnet32_infopro", help="a timm_local model name (timm registry)")
+    group.add_argument("--model-kwargs", nargs="*", default={}, action=ParseKwargs, metavar="K=V",
+                       help="keyword arguments of timm.create_model, e.g. num_local_modules=4 momentum=0.995")
+    group.add_argument("--resume", default="", help="resume from this checkpoint (e.g. <run>/last.pth.tar)")
+    group.add_argument("-b", "--batch-size", type=int, default=128, help="training batch size per process")
+    group.add_argument("-vb", "--validation-batch-size", type=int, default=None,
+                       help="evaluation batch size per process (default: the training batch size)")
+    group.add_argument("--channels-last", action="store_true", help="channels_last memory layout")
+    group.add_argument("--grad-checkpointing", action="store_true", help="gradient checkpointing inside each module")
+    group.add_argument("--torchcompile", nargs="?", const="inductor", default=None,
+                       help="torch.compile every local module with this backend")
+
+    group = parser.add_argument_group("Optimizer and schedule (defaults: the papers' CIFAR recipe, METHODS.md §7.1)")
+    group.add_argument("--opt", default="sgd", help="timm optimizer name ('sgd' = SGD with Nesterov momentum)")
+    group.add_argument("--lr", type=float, default=0.1, help="base learning rate lr0")
+    group.add_argument("--weight-decay", type=float, default=1e-4,
+                       help="on every trainable parameter, aux nets included")
+    group.add_argument("--momentum", type=float, default=0.9, help="optimizer momentum")
+    group.add_argument("--sched", default="infopro_cosine", choices=SCHEDULERS,
+                       help="'infopro_cosine' = the papers' per-epoch cosine with linear warm-up; others are timm's")
+    group.add_argument("--epochs", type=int, default=160)
+    group.add_argument("--warmup-epochs", type=int, default=10)
+    group.add_argument("--warmup-lr", type=float, default=1e-5, help="timm schedulers only")
+    group.add_argument("--min-lr", type=float, default=0.0, help="timm schedulers only")
+
+    group = parser.add_argument_group("Run")
+    group.add_argument("--seed", type=int, default=42)
+    group.add_argument("--deterministic", action="store_true",
+                       help="deterministic algorithms (needed for bit-exact resume on GPU)")
+    group.add_argument("--mixed-precision", default=None, choices=("no", "bf16", "fp16"),
+                       help="default: whatever `accelerate launch` / the Accelerate config says")
+    group.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
+    group.add_argument("--output", default="./output/train", help="parent folder of the run folders")
+    group.add_argument("--experiment", default="", help="run folder name (default: <date>-<model>-k<K>-<dataset>)")
+    group.add_argument("--log-interval", type=int, default=10,
+                       help="steps between progress-bar updates and loss finiteness checks (one host sync each)")
+    group.add_argument("--log-with", nargs="*", default=None, help="Accelerate trackers, e.g. tensorboard wandb")
+    group.add_argument("--bench-loader-batches", type=int, default=20,
+                       help="batches read by the loader-alone benchmark before training (0: skip)")
+    return parser
+
+
+def _config_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("-c", "--config", default="", metavar="FILE", help="YAML file of defaults (flags win)")
+    return parser
+
+
+def load_config(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """Read a YAML config into parser defaults, rejecting keys that are not parser destinations."""
+    with open(path) as f:
+        config = yaml.safe_load(f) or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a mapping of option names to values, got {type(config).__name__}")
+    valid = sorted(action.dest for action in parser._actions if action.dest not in ("help", "config"))
+    values = {}
+    for key, value in config.items():
+        dest = str(key).replace("-", "_")
+        if dest not in valid:
+            close = difflib.get_close_matches(dest, valid, n=3, cutoff=0.5)
+            hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+            raise ValueError(f"{path}: unknown config key {key!r}{hint} (valid keys: {', '.join(valid)})")
+        values[dest] = value
+    return values
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse ``argv`` (default ``sys.argv[1:]``): config file first, then the flags over it."""
+    config_args, remaining = _config_parser().parse_known_args(argv)
+    parser = build_parser()
+    if config_args.config:
+        parser.set_defaults(**load_config(config_args.config, parser))
+    args = parser.parse_args(remaining)
+    for name in ("epochs", "batch_size", "log_interval"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    args.config = config_args.config
+    args.model_kwargs = dict(args.model_kwargs or {})
+    return args
+
+
+def args_to_dict(args: argparse.Namespace) -> dict[str, Any]:
+    """The resolved args as a plain dict (YAML- and ``torch.load(weights_only=True)``-safe values)."""
+    return {k: _plain(v) for k, v in vars(args).items()}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)

@@ -1,0 +1,109 @@
+"""Checkpoints: timm-compatible ``*.pth.tar`` files, written atomically, with everything resume needs.
+
+A checkpoint is ``torch.save`` of a dict (the run-directory contract)::
+
+    epoch, arch, state_dict (full LocalNet: backbone + aux nets + momentum copies), optimizer,
+    scheduler, args (plain dict), model_kwargs, metric (eval top-1), version=2,
+    rng_states (one dict per rank), run_state (best epoch, timings), amp_scaler (fp16 only)
+
+Every value is a tensor or a plain Python container, so ``torch.load(weights_only=True)`` and
+``timm.models.load_checkpoint`` read it.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import tempfile
+from typing import Any, Mapping, Optional
+
+import numpy as np
+import torch
+
+CHECKPOINT_VERSION = 2
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` it onto ``path``.
+
+    A run killed while saving leaves the previous file intact.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def capture_rng_states() -> dict[str, Any]:
+    """Python, NumPy and torch (CPU and every CUDA device) RNG states, as plain values.
+
+    The data loaders need none: their order and augmentation depend only on (seed, epoch, rank, batch).
+    """
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_states(state: Mapping[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_states`."""
+    random.setstate(_as_tuple(state["python"]))
+    numpy = state["numpy"]
+    np.random.set_state((numpy["name"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
+                         numpy["has_gauss"], numpy["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value: Any) -> Any:
+    """random.setstate needs tuples where a round trip through some loaders gives lists."""
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def build_checkpoint(*, epoch: int, arch: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     scheduler: Any, args: dict, model_kwargs: dict, metric: Optional[float],
+                     rng_states: list, amp_scaler: Optional[Any] = None) -> dict[str, Any]:
+    """The checkpoint dict of the run-directory contract. ``epoch`` is the last *completed* epoch (0-based)."""
+    checkpoint = {
+        "epoch": epoch,
+        "arch": arch,
+        "state_dict": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "args": args,
+        "model_kwargs": model_kwargs,
+        "metric": metric,
+        "version": CHECKPOINT_VERSION,
+        "rng_states": rng_states,
+    }
+    if amp_scaler is not None:
+        checkpoint["amp_scaler"] = amp_scaler.state_dict()
+    return checkpoint
+
+
+def load_checkpoint_file(path: str) -> dict[str, Any]:
+    """Read a training checkpoint on the CPU with ``weights_only=True``; say clearly what is wrong."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--resume {path}: no such checkpoint file")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    missing = [k for k in ("epoch", "state_dict", "optimizer", "scheduler") if k not in checkpoint]
+    if missing:
+        raise ValueError(f"{path} is not a timm_local training checkpoint (missing {missing}); "
+                         f"to start from its weights only, load them with timm.models.load_checkpoint")
+    return checkpoint

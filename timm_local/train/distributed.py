@@ -1,0 +1,134 @@
+"""Preparing the K local modules with Accelerate, and keeping DDP ranks in sync.
+
+Interleaved local training runs forward_k → backward_k module by module. Under DDP each local
+module is therefore prepared as its own ``DistributedDataParallel`` wrapper: its backward
+all-reduces exactly that module's gradients (ECOSYSTEM.md §4.2, pattern D).
+
+That scheme is wrong for methods whose losses span several modules (MLAAN's cascade,
+``method.cascade_depth > 1``): loss k also back-propagates into modules k − 1, …, whose DDP
+reducers have already finished for this step, so those gradient contributions would stay local
+to each rank and the replicas would silently drift apart. For such methods under DDP the
+modules are prepared *without* a DDP wrapper (autocast and device placement only) and
+:class:`GradientSync` averages every gradient across processes once, after all local backward
+passes, and broadcasts rank 0's buffers (BatchNorm statistics) as DDP's ``broadcast_buffers`` does.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.distributed as dist
+from accelerate import Accelerator
+from accelerate.utils import DistributedType
+from torch import nn
+
+from ..local import LocalNet
+
+SUPPORTED = (DistributedType.NO, DistributedType.MULTI_GPU, DistributedType.MULTI_CPU)
+
+
+def check_distributed_type(accelerator: Accelerator) -> None:
+    """Refuse launch configurations the interleaved local step cannot run under (FSDP, DeepSpeed, ...)."""
+    kind = accelerator.distributed_type
+    if kind not in SUPPORTED:
+        raise ValueError(
+            f"timm_local trains with one backward pass per local module, which {kind.value} does not support "
+            f"(FSDP and DeepSpeed handle several backward passes per forward badly: pytorch#106637, #136861). "
+            f"Launch with plain DDP instead: `accelerate launch --multi_gpu --num_processes N train.py ...` "
+            f"(or `accelerate config` without FSDP/DeepSpeed). The models are small enough for DDP.")
+
+
+def needs_manual_sync(accelerator: Accelerator, model: LocalNet) -> bool:
+    """True under DDP for methods whose losses reach into earlier modules (see the module docstring)."""
+    return accelerator.num_processes > 1 and model.method.cascade_depth > 1
+
+
+def prepare_local_modules(accelerator: Accelerator, model: LocalNet, optimizer: torch.optim.Optimizer):
+    """Prepare each local module (its own DDP wrapper, or none, see above) and the optimizer.
+
+    Returns ``(modules, optimizer, sync)``: the prepared modules to pass as
+    ``model.local_step(..., modules=modules)``, the prepared optimizer, and a :class:`GradientSync`
+    to call after the local step (a no-op unless it is needed).
+    """
+    check_distributed_type(accelerator)
+    local_modules = list(model.local_modules)
+    if needs_manual_sync(accelerator, model):
+        modules = [accelerator.prepare_model(m, evaluation_mode=True) for m in local_modules]
+        optimizer = accelerator.prepare_optimizer(optimizer)
+        sync = GradientSync(local_modules, enabled=True)
+        sync.broadcast_parameters()
+    else:
+        prepared = accelerator.prepare(*local_modules, optimizer)
+        modules, optimizer = list(prepared[:-1]), prepared[-1]
+        sync = GradientSync(local_modules, enabled=False)
+    return modules, optimizer, sync
+
+
+class GradientSync:
+    """Average gradients over all processes (bucketed all-reduce) and broadcast rank 0's buffers.
+
+    Called once per step, after every local backward and before the optimizer step. Gradients
+    are averaged, as DDP does, so that the update equals a single-process update on the
+    concatenated batch for losses that are means over the batch.
+    """
+
+    def __init__(self, modules: Sequence[nn.Module], enabled: bool, bucket_numel: int = 1 << 24):
+        self.enabled = enabled
+        self.modules = list(modules)
+        self.params = [p for m in modules for p in m.parameters() if p.requires_grad]
+        self.buffers = [b for m in modules for b in m.buffers()]
+        self.bucket_numel = bucket_numel
+
+    def __call__(self) -> None:
+        if not self.enabled:
+            return
+        grads = [p.grad for p in self.params if p.grad is not None]
+        world = dist.get_world_size()
+        for bucket in _buckets(grads, self.bucket_numel):
+            flat = torch.cat([g.reshape(-1) for g in bucket])
+            dist.all_reduce(flat)
+            flat.div_(world)
+            _unflatten_into(flat, bucket)
+        self._broadcast(self.buffers)
+
+    def broadcast_parameters(self) -> None:
+        """Copy rank 0's parameters (momentum copies included) and buffers to every rank, as DDP does when wrapping."""
+        self._broadcast([p.data for m in self.modules for p in m.parameters()] + self.buffers)
+
+    @staticmethod
+    def _broadcast(tensors: Sequence[torch.Tensor]) -> None:
+        for bucket in _buckets([t for t in tensors if t.numel()], 1 << 24):
+            flat = torch.cat([t.reshape(-1) for t in bucket])
+            dist.broadcast(flat, src=0)
+            _unflatten_into(flat, bucket)
+
+
+def _buckets(tensors: Sequence[torch.Tensor], bucket_numel: int):
+    """Consecutive groups of tensors with one dtype and device and at most ``bucket_numel`` elements (or one tensor)."""
+    bucket: list[torch.Tensor] = []
+    size = 0
+    for t in tensors:
+        if bucket and (size + t.numel() > bucket_numel or t.dtype != bucket[0].dtype or t.device != bucket[0].device):
+            yield bucket
+            bucket, size = [], 0
+        bucket.append(t)
+        size += t.numel()
+    if bucket:
+        yield bucket
+
+
+def _unflatten_into(flat: torch.Tensor, tensors: Sequence[torch.Tensor]) -> None:
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset:offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
+def gather_objects(accelerator: Accelerator, obj: Any) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` without distribution)."""
+    if accelerator.num_processes == 1:
+        return [obj]
+    gathered = [None] * accelerator.num_processes
+    dist.all_gather_object(gathered, obj)
+    return gathered
+

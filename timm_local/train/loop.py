@@ -1,0 +1,83 @@
+"""The training loop: interleaved local learning with Accelerate (DESIGN.md "Data, training, publishing").
+
+:func:`train` reads top to bottom like Accelerate's examples; set-up, outputs and resume live in
+named helpers (:mod:`.setup`, :mod:`.run_folder`).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from ..local import LocalNet, LocalStepOutput
+from .args import parse_args
+from .distributed import GradientSync, prepare_local_modules
+from .metrics import LossMonitor, NonFiniteLossError, evaluate
+from .optim import create_optimizer, create_scheduler
+from .run_folder import RunFolder
+from .setup import build_data, create_accelerator, create_local_model, measure_loader, restore_rng, resume_training
+
+
+def train_step(model: LocalNet, modules: Sequence[torch.nn.Module], optimizer: torch.optim.Optimizer,
+               sync: GradientSync, accelerator: Accelerator, x: torch.Tensor, y: torch.Tensor) -> LocalStepOutput:
+    """One step: every module's forward + local backward in turn, gradient sync, momentum copies, optimizer step."""
+    out = model.local_step(x, y, backward=accelerator.backward, modules=modules)
+    sync()  # averages gradients across processes when per-module DDP cannot (MLAAN's cascade); else a no-op
+    model.momentum_update()  # MAN/MLAAN: θ_ema ← m·θ_ema + (1 − m)·θ, with the pre-step θ (METHODS.md §9 B8)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return out
+
+
+def train(args: argparse.Namespace) -> dict:
+    """Train ``args.model`` on ``args.dataset``; write the run folder; return the results dict."""
+    run = RunFolder(args)  # <output>/<experiment>, the same on every rank
+    accelerator = create_accelerator(args, project_dir=run.dir)
+    model = create_local_model(args, accelerator)
+    data = build_data(args, accelerator)
+    optimizer = create_optimizer(model, args)
+    scheduler = create_scheduler(optimizer, args)
+    state = resume_training(args.resume, model, optimizer, scheduler, accelerator) if args.resume else None
+    modules, optimizer, sync = prepare_local_modules(accelerator, model, optimizer)
+    run.begin(model, accelerator, start_epoch=state.epoch if state else 0, checkpoint=state and state.checkpoint)
+    run.loader_batches_per_sec = measure_loader(data.train, args.bench_loader_batches, accelerator.device)
+    restore_rng(state, accelerator)
+
+    for epoch in range(run.start_epoch, args.epochs):
+        scheduler.step(epoch)  # per-epoch lr (METHODS.md §7.1)
+        data.train.set_epoch(epoch)  # the epoch's shuffle and augmentation: a function of (seed, epoch, rank)
+        model.train()
+        monitor = LossMonitor(model.num_local_modules, accelerator.device, accelerator)
+        run.start_epoch_timer()
+        progress = tqdm(data.train, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not accelerator.is_main_process,
+                        dynamic_ncols=True)
+        for step, (x, y) in enumerate(progress):
+            out = train_step(model, modules, optimizer, sync, accelerator, x, y)
+            monitor.update(step, out.losses, out.logits, y)
+            if (step + 1) % args.log_interval == 0:
+                monitor.check(epoch)  # one host sync: stops on a NaN/inf local loss, naming module and step
+                progress.set_postfix(loss=f"{monitor.mean_losses()[-1]:.3f}", top1=f"{monitor.train_top1():.1f}")
+        monitor.check(epoch)
+        train_time = run.stop_epoch_timer()
+
+        metrics = evaluate(model, data.eval, accelerator)
+        run.end_epoch(epoch, monitor, metrics, lr=optimizer.param_groups[0]["lr"], train_time=train_time,
+                      optimizer=optimizer, scheduler=scheduler)
+        scheduler.step(epoch + 1, metrics["eval_top1"])  # timm's convention (the plateau scheduler needs the metric)
+
+    return run.finish()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """``python train.py [--config file.yaml] [flags]``: see ``--help``."""
+    args = parse_args(argv)
+    try:
+        train(args)
+    except NonFiniteLossError as error:
+        print(f"\nerror: training stopped: {error}. The last checkpoint written before it is kept; resume "
+              f"with a lower --lr (or fix the model) using --resume <run>/last.pth.tar.", file=sys.stderr)
+        sys.exit(1)

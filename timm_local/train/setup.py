@@ -1,0 +1,119 @@
+"""Set-up steps of :func:`~timm_local.train.loop.train`: accelerator, model, data, resume, loader benchmark."""
+from __future__ import annotations
+
+import argparse
+import itertools
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional
+
+import timm
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from ..data import Loaders, build_loaders
+from ..data.bench_loader import benchmark_loader
+from ..data.specs import get_dataset_spec
+from ..local import LocalNet
+from .checkpoint import load_checkpoint_file, restore_rng_states
+from .distributed import check_distributed_type
+
+
+def create_accelerator(args: argparse.Namespace, project_dir: Optional[str] = None) -> Accelerator:
+    """An Accelerator for ``args`` (mixed precision: the flag, else the launcher's), seeded identically on every rank.
+
+    Every rank uses the same seed so that models are built identically (DDP broadcasts rank 0's
+    weights anyway); the data loaders derive their per-rank randomness from (seed, epoch, rank, batch).
+    """
+    accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=args.cpu, log_with=args.log_with or None,
+                              project_dir=project_dir, dynamo_backend=args.torchcompile)
+    if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        raise ValueError("fp16 mixed precision needs a GPU (on the CPU Accelerate would silently train in fp32): "
+                         "use --mixed-precision bf16 (supported on the CPU) or no")
+    check_distributed_type(accelerator)
+    set_seed(args.seed, deterministic=args.deterministic)
+    return accelerator
+
+
+def model_name_for_dataset(model: str, dataset: str) -> str:
+    """``model.<dataset>`` when the model has a pretrained cfg tagged with the dataset (its mean/std, input size).
+
+    For the CIFAR ResNets the tag also selects the dataset's published InfoPro λ row and the
+    normalisation that InfoPro's reconstruction target inverts. An explicit tag is kept as given.
+    """
+    if "." in model:
+        return model
+    tagged = f"{model}.{dataset}"
+    return tagged if tagged in timm.list_models(model, include_tags=True) else model
+
+
+def create_local_model(args: argparse.Namespace, accelerator: Accelerator) -> LocalNet:
+    """``timm.create_model(args.model, num_classes=<dataset's>, **args.model_kwargs)`` on the device."""
+    spec = get_dataset_spec(args.dataset)
+    kwargs = {"num_classes": spec.num_classes, **args.model_kwargs}
+    model = timm.create_model(model_name_for_dataset(args.model, spec.name), **kwargs)
+    if not isinstance(model, LocalNet):
+        raise ValueError(f"--model {args.model} is not a timm_local model (got {type(model).__name__}); choose one of "
+                         f"timm_local.list_models(), e.g. resnet32_infopro, or localize it with timm_local.localize()")
+    if args.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    model.to(accelerator.device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def build_data(args: argparse.Namespace, accelerator: Accelerator) -> Loaders:
+    """This rank's train and eval loaders (they shard and place batches themselves; not ``prepare``d)."""
+    spec = get_dataset_spec(args.dataset)
+    return build_loaders(
+        spec.name, args.data_dir, args.batch_size, args.validation_batch_size, accelerator.device,
+        max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
+        rank=accelerator.process_index, world_size=accelerator.num_processes, seed=args.seed,
+        channels_last=args.channels_last, workers=args.workers,
+        image_size=None if spec.in_memory else args.model_kwargs.get("img_size"))
+
+
+@dataclass
+class ResumeState:
+    """What :func:`resume_training` recovered besides the model/optimizer/scheduler states."""
+
+    epoch: int  # the first epoch still to run
+    checkpoint: dict[str, Any]
+
+
+def resume_training(path: str, model: LocalNet, optimizer: torch.optim.Optimizer, scheduler: Any,
+                    accelerator: Accelerator) -> ResumeState:
+    """Load model (momentum copies included), optimizer, scheduler and AMP scaler from a ``last.pth.tar``."""
+    checkpoint = load_checkpoint_file(path)
+    model.load_state_dict(checkpoint["state_dict"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    if accelerator.scaler is not None and "amp_scaler" in checkpoint:
+        accelerator.scaler.load_state_dict(checkpoint["amp_scaler"])
+    accelerator.print(f"resumed from {path}: epoch {checkpoint['epoch'] + 1} done")
+    return ResumeState(epoch=checkpoint["epoch"] + 1, checkpoint=checkpoint)
+
+
+def restore_rng(state: Optional[ResumeState], accelerator: Accelerator) -> None:
+    """Put back this rank's Python/NumPy/torch RNG states saved with the checkpoint (if resuming)."""
+    if state is None:
+        return
+    saved = state.checkpoint.get("rng_states") or []
+    if len(saved) != accelerator.num_processes:
+        accelerator.print(f"warning: the checkpoint holds RNG states of {len(saved)} processes, this run has "
+                          f"{accelerator.num_processes}: RNG states not restored (the data order still is)")
+        return
+    restore_rng_states(saved[accelerator.process_index])
+
+
+def measure_loader(loader: Iterable, num_batches: int, device: torch.device) -> Optional[float]:
+    """Batches per second the training loader delivers on its own (augmentation included), or None.
+
+    Times ``num_batches`` batches after 2 warm-up ones with the data package's ``benchmark_loader``.
+    The loaders' randomness depends only on (seed, epoch, rank, batch), so this changes nothing in training.
+    """
+    if num_batches <= 0:
+        return None
+    result = benchmark_loader(itertools.islice(loader, num_batches + 2), epochs=1, warmup_batches=2, device=device)
+    return result["batches_per_s"] if result["batches"] else None
