@@ -15,3 +15,47 @@ def batch(n: int = 4, size: int = 32, classes: int = 10, seed: int = 0):
     """A fixed random image batch and labels."""
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 3, size, size, generator=g), torch.randint(0, classes, (n,), generator=g)
+
+
+def grads(model) -> dict:
+    """Parameter name → a copy of its gradient, for parameters that have one."""
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def assert_each_loss_reaches_only_its_modules(model, x, y) -> None:
+    """Loss k gives gradient to local modules k − depth + 1 .. k only (depth = the method's cascade depth)."""
+    owner = {id(p): i for i, m in enumerate(model.local_modules) for p in m.parameters()}
+    depth = model.method.cascade_depth
+    for index, module in enumerate(model.local_modules):
+        if module.objective is None:
+            continue
+        model.zero_grad(set_to_none=True)
+        _, losses = model.forward_local(x, y)
+        losses[index].backward()
+        reached = {owner[id(p)] for p in model.parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+        assert reached == set(range(max(0, index - depth + 1), index + 1)), (index, reached)
+
+
+def assert_joint_equals_interleaved(joint, interleaved, x, y) -> None:
+    """forward_local + one backward of the summed losses and local_step give the same gradients and losses."""
+    _, losses = joint.forward_local(x, y)
+    sum(losses).backward()
+    out = interleaved.local_step(x, y)
+    g_joint, g_inter = grads(joint), grads(interleaved)
+    assert g_joint.keys() == g_inter.keys()
+    assert max((g_joint[n] - g_inter[n]).abs().max().item() for n in g_joint) <= 1e-6
+    assert all(torch.allclose(a.detach(), b, atol=1e-6) for a, b in zip(losses, out.losses))
+
+
+def assert_aux_kept_and_block_copies_refreshed(fresh, loaded) -> None:
+    """After loading backbone-only weights: aux nets equal a fresh model's (same seed), except block
+    copies meant to start equal to their source, which now equal the loaded blocks."""
+    from timm_local.methods.base import BlockCopies
+
+    holders = [m for m in loaded.aux.modules() if isinstance(m, BlockCopies)]
+    copies = {id(clone) for m in holders for clone, _ in m.copied_pairs()}
+    copied = tuple(f"aux.{name}." for name, m in loaded.aux.named_modules() if id(m) in copies)
+    kept = {k: v for k, v in fresh.state_dict().items() if k.startswith("aux.") and not k.startswith(copied)}
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in kept.items())
+    for clone, source in (pair for m in holders for pair in m.copied_pairs()):
+        assert all(torch.equal(v, source.state_dict()[k]) for k, v in clone.state_dict().items())

@@ -6,7 +6,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from conftest import batch
+from conftest import assert_each_loss_reaches_only_its_modules, assert_joint_equals_interleaved, batch, grads
 
 # Weights that make every aux loss non-zero, so isolation can see each loss's reach.
 ALL_ON = dict(recon_weights=(1.0, 1.0), task_weights=(1.0, 1.0))
@@ -25,16 +25,6 @@ CASES = [
 ]
 
 
-def grads(model):
-    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
-def owner_of(model):
-    """Parameter name → index of the local module that owns it."""
-    ids = {id(p): k for k, m in enumerate(model.local_modules) for p in m.parameters()}
-    return {n: ids[id(p)] for n, p in model.named_parameters()}
-
-
 @pytest.mark.parametrize("name,k,kwargs", CASES)
 def test_every_parameter_belongs_to_exactly_one_local_module(name, k, kwargs):
     model = timm.create_model(name, num_local_modules=k, **kwargs)
@@ -50,18 +40,7 @@ def test_every_parameter_belongs_to_exactly_one_local_module(name, k, kwargs):
 
 @pytest.mark.parametrize("name,k,kwargs", CASES)
 def test_each_local_loss_reaches_only_its_modules(name, k, kwargs):
-    model = timm.create_model(name, num_local_modules=k, **kwargs)
-    x, y = batch()
-    owner = owner_of(model)
-    depth = model.method.cascade_depth
-    for index in range(k):
-        if model.local_modules[index].objective is None:
-            continue
-        model.zero_grad(set_to_none=True)
-        _, losses = model.forward_local(x, y)
-        losses[index].backward()
-        reached = {owner[n] for n, g in grads(model).items() if g.abs().sum() > 0}
-        assert reached == set(range(max(0, index - depth + 1), index + 1)), (index, reached)
+    assert_each_loss_reaches_only_its_modules(timm.create_model(name, num_local_modules=k, **kwargs), *batch())
 
 
 @pytest.mark.parametrize("name,k,kwargs", CASES)
@@ -69,15 +48,7 @@ def test_joint_and_interleaved_give_the_same_gradients_and_step(name, k, kwargs)
     torch.manual_seed(1)
     joint = timm.create_model(name, num_local_modules=k, **kwargs)
     interleaved = copy.deepcopy(joint)
-    x, y = batch()
-    _, losses = joint.forward_local(x, y)
-    sum(losses).backward()
-    out = interleaved.local_step(x, y)
-    g_joint, g_inter = grads(joint), grads(interleaved)
-    assert g_joint.keys() == g_inter.keys()
-    assert max((g_joint[n] - g_inter[n]).abs().max().item() for n in g_joint) <= 1e-6
-    for a, b in zip(losses, out.losses):
-        assert torch.allclose(a.detach(), b, atol=1e-6)
+    assert_joint_equals_interleaved(joint, interleaved, *batch())
     for model in (joint, interleaved):
         optimizer = torch.optim.SGD(model.local_param_groups(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
         model.momentum_update()

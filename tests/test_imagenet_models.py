@@ -10,9 +10,13 @@ import timm
 import torch
 
 import timm_local
-from conftest import batch
+from conftest import (
+    assert_aux_kept_and_block_copies_refreshed,
+    assert_each_loss_reaches_only_its_modules,
+    assert_joint_equals_interleaved,
+    batch,
+)
 from timm_local.methods.aux_imagenet import ImageNetDecoder, ImageNetHead, light_head
-from timm_local.methods.base import BlockCopies
 from timm_local.methods.mlaan import LEAP_CHAINS
 
 ARCHS = ("resnet34", "resnet50", "resnet101", "resnet152", "resnext101_32x8d")
@@ -26,10 +30,6 @@ ALL_ON = dict(recon_weights=(1.0, 1.0), task_weights=(1.0, 1.0))
 
 def images(n=2, size=64, seed=0):
     return batch(n=n, size=size, classes=1000, seed=seed)
-
-
-def grads(model):
-    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 def test_names_and_upstream_weights():
@@ -133,31 +133,14 @@ CASES = [
 @pytest.mark.parametrize("name,k,kwargs", CASES)
 def test_each_local_loss_reaches_only_its_modules(name, k, kwargs):
     model = timm.create_model(name, num_local_modules=k, **TINY, **kwargs)
-    owner = {id(p): i for i, m in enumerate(model.local_modules) for p in m.parameters()}
-    x, y = images()
-    depth = model.method.cascade_depth
-    for index in range(k):
-        if model.local_modules[index].objective is None:
-            continue
-        model.zero_grad(set_to_none=True)
-        _, losses = model.forward_local(x, y)
-        losses[index].backward()
-        reached = {owner[id(p)] for p in model.parameters() if p.grad is not None and p.grad.abs().sum() > 0}
-        assert reached == set(range(max(0, index - depth + 1), index + 1)), (index, reached)
+    assert len({id(p) for m in model.local_modules for p in m.parameters()}) == len(list(model.parameters()))
+    assert_each_loss_reaches_only_its_modules(model, *images())
 
 
 @pytest.mark.parametrize("name,k,kwargs", CASES)
 def test_joint_and_interleaved_give_the_same_gradients(name, k, kwargs):
     joint = timm.create_model(name, num_local_modules=k, **TINY, **kwargs)
-    interleaved = copy.deepcopy(joint)
-    x, y = images()
-    _, losses = joint.forward_local(x, y)
-    sum(losses).backward()
-    out = interleaved.local_step(x, y)
-    g_joint, g_inter = grads(joint), grads(interleaved)
-    assert g_joint.keys() == g_inter.keys()
-    assert max((g_joint[n] - g_inter[n]).abs().max().item() for n in g_joint) <= 1e-6
-    assert all(torch.allclose(a.detach(), b, atol=1e-6) for a, b in zip(losses, out.losses))
+    assert_joint_equals_interleaved(joint, copy.deepcopy(joint), *images())
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -173,15 +156,7 @@ def test_timm_weights_fill_the_backbone_and_leave_the_aux_nets_but_refresh_block
     x, _ = images()
     with torch.no_grad():
         assert torch.equal(loaded.eval()(x), reference(x))
-    copies = {id(clone) for m in loaded.aux.modules() if isinstance(m, BlockCopies) for clone, _ in m.copied_pairs()}
-    copied = {f"aux.{name}." for name, m in loaded.aux.named_modules() if id(m) in copies}
-    aux = {k: v for k, v in fresh.state_dict().items() if k.startswith("aux.")}
-    kept = {k: v for k, v in aux.items() if not any(k.startswith(prefix) for prefix in copied)}
-    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in kept.items())
-    for m in loaded.aux.modules():  # copies meant to start equal to their block now mirror the loaded weights
-        if isinstance(m, BlockCopies):
-            assert all(torch.equal(c.state_dict()[n], s.state_dict()[n]) for c, s in m.copied_pairs()
-                       for n in c.state_dict())
+    assert_aux_kept_and_block_copies_refreshed(fresh, loaded)
 
 
 def test_timm_weights_with_another_head_size(tmp_path):

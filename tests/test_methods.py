@@ -1,5 +1,4 @@
 """What each method computes: SupCon, λ schedules, MAN's EMA rule, MLAAN's chains, and that each learns."""
-import itertools
 
 import pytest
 import timm

@@ -212,7 +212,8 @@ def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
 
     import numpy as np
 
-    from timm_local.train.checkpoint import atomic_save, capture_rng_states, restore_rng_states
+    from timm_local.io import atomic_save
+    from timm_local.train.checkpoint import capture_rng_states, restore_rng_states
 
     atomic_save({"rng_states": [capture_rng_states()]}, str(tmp_path / "c.pth.tar"))
     draws = (random.random(), np.random.rand(), torch.rand(1).item())

@@ -9,7 +9,12 @@ import timm
 import torch
 
 import timm_local
-from conftest import batch
+from conftest import (
+    assert_aux_kept_and_block_copies_refreshed,
+    assert_each_loss_reaches_only_its_modules,
+    assert_joint_equals_interleaved,
+    batch,
+)
 from timm_local.local import TokenFormat
 from timm_local.methods.aux_tokens import TokenDecoder
 
@@ -23,10 +28,6 @@ ALL_ON = dict(recon_weights=(1.0, 1.0), task_weights=(1.0, 1.0))
 
 def images(n=2, size=64, classes=1000, seed=0):
     return batch(n=n, size=size, classes=classes, seed=seed)
-
-
-def grads(model):
-    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 def test_names_tags_and_upstream_weights():
@@ -140,36 +141,18 @@ CASES = [
 @pytest.mark.parametrize("name,k,kwargs", CASES)
 def test_each_local_loss_reaches_only_its_modules(name, k, kwargs):
     model = timm.create_model(name, num_local_modules=k, **TINY, **kwargs)
-    owner = {id(p): i for i, m in enumerate(model.local_modules) for p in m.parameters()}
-    assert len(owner) == len(list(model.parameters()))
-    x, y = images()
-    depth = model.method.cascade_depth
-    for index in range(k):
-        if model.local_modules[index].objective is None:
-            continue
-        model.zero_grad(set_to_none=True)
-        _, losses = model.forward_local(x, y)
-        losses[index].backward()
-        reached = {owner[id(p)] for p in model.parameters() if p.grad is not None and p.grad.abs().sum() > 0}
-        assert reached == set(range(max(0, index - depth + 1), index + 1)), (index, reached)
+    assert len({id(p) for m in model.local_modules for p in m.parameters()}) == len(list(model.parameters()))
+    assert_each_loss_reaches_only_its_modules(model, *images())
 
 
 @pytest.mark.parametrize("name,k,kwargs", CASES)
 def test_joint_and_interleaved_give_the_same_gradients(name, k, kwargs):
     joint = timm.create_model(name, num_local_modules=k, **TINY, **kwargs)
-    interleaved = copy.deepcopy(joint)
-    x, y = images()
-    _, losses = joint.forward_local(x, y)
-    sum(losses).backward()
-    out = interleaved.local_step(x, y)
-    g_joint, g_inter = grads(joint), grads(interleaved)
-    assert g_joint.keys() == g_inter.keys()
-    assert max((g_joint[n] - g_inter[n]).abs().max().item() for n in g_joint) <= 1e-6
-    assert all(torch.allclose(a.detach(), b, atol=1e-6) for a, b in zip(losses, out.losses))
+    assert_joint_equals_interleaved(joint, copy.deepcopy(joint), *images())
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_timm_weights_fill_the_backbone_and_leave_the_aux_nets(tmp_path, method):
+def test_timm_weights_fill_the_backbone_and_leave_the_aux_nets_but_refresh_block_copies(tmp_path, method):
     reference = timm.create_model("vit_tiny_patch16_224", **TINY).eval()
     path = tmp_path / "vit.pth"
     torch.save(reference.state_dict(), path)
@@ -181,7 +164,7 @@ def test_timm_weights_fill_the_backbone_and_leave_the_aux_nets(tmp_path, method)
     x, _ = images()
     with torch.no_grad():
         assert torch.equal(loaded(x), reference(x))
-    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in fresh.state_dict().items() if k.startswith("aux."))
+    assert_aux_kept_and_block_copies_refreshed(fresh, loaded)
 
 
 def test_timm_weights_at_another_image_size_are_resampled(tmp_path):

@@ -13,16 +13,16 @@ Contract:
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import stat
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
+
+from ..io import atomic_save
 
 __all__ = ["CACHE_VERSION", "cache_root", "cache_key", "cache_path", "save_cached", "load_cached"]
 
@@ -97,18 +97,7 @@ def save_cached(path: Path, images: torch.Tensor, labels: torch.Tensor, label_na
     path = Path(path)
     payload = {"images": images.contiguous(), "labels": labels.contiguous(), "label_names": list(label_names),
                "version": CACHE_VERSION}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache may be shared
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_save(payload, str(path))
 
 
 def load_cached(path: Path) -> Optional[dict]:

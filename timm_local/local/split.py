@@ -245,7 +245,7 @@ def measure_module_costs(layout: BackboneLayout, method: LocalMethod, probe: Fea
     image = torch.zeros(batch_size, *layout.input_size, device=device, dtype=dtype)
     counter = _SavedStorages(weights)
     chain_bytes, features, saved_by_producer = [], [], []
-    with _eval_mode(modules), counter.hooks():
+    with torch.enable_grad(), _eval_mode(modules), counter.hooks():
         h = image.requires_grad_(True)
         for m in modules:
             before, seen_before = counter.nbytes, set(counter.seen)
@@ -281,6 +281,6 @@ def _aux_bytes(layout: BackboneLayout, method: LocalMethod, probe: FeatureProbe,
     objective.to(device=feature.device, dtype=feature.dtype)
     h = feature.detach().requires_grad_(True)
     counter = _SavedStorages([*objective.parameters(), *objective.buffers(), h, ctx.image])
-    with _eval_mode([objective]), counter.hooks():
+    with torch.enable_grad(), _eval_mode([objective]), counter.hooks():
         objective(h, ctx)
     return counter.nbytes // h.shape[0]

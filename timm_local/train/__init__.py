@@ -1,4 +1,4 @@
-"""The Accelerate trainer: ``python train.py --config configs/cifar10/resnet32_man_k15.yaml`` (see docs/TRAINING.md).
+"""The Accelerate trainer: ``python train.py --config configs/cifar10/resnet32_man_k15_infopro.yaml`` (see the README, "Training").
 
 Modules: :mod:`.args` (flags and YAML configs), :mod:`.optim` (optimizer, schedules),
 :mod:`.distributed` (per-module preparation, DDP sync), :mod:`.checkpoint` (atomic, resumable

@@ -20,7 +20,8 @@ from accelerate import Accelerator, PartialState
 
 from ..local import LocalNet
 from .args import args_to_dict
-from .checkpoint import atomic_save, build_checkpoint, capture_rng_states
+from ..io import atomic_save
+from .checkpoint import build_checkpoint, capture_rng_states
 from .distributed import gather_objects
 from .metrics import LossMonitor
 from .outputs import (SummaryCsv, device_name, package_versions, peak_memory_mb, reset_peak_memory, summary_columns,
