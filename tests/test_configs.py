@@ -13,7 +13,9 @@ from timm_local.train.setup import model_name_for_dataset
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 CONFIGS = sorted(glob.glob(os.path.join(CONFIG_DIR, "*", "*.yaml")))
-NAME = re.compile(r"^(?P<model>resnet\d+_[a-z0-9]+)_k(?P<k>\d+)(_[a-z0-9]+)?\.yaml$")
+NAME = re.compile(r"^(?P<model>[a-z0-9_]+?_(e2e|greedy|dgl|infopro|man|mlaan))_k(?P<k>\d+)(_[a-z0-9]+)?\.yaml$")
+# ImageNet recipes (METHODS.md §7.2): (batch per process, lr, epochs) by method; per-epoch cosine, no warm-up.
+IMAGENET_RECIPES = {"infopro": (128, 0.4, 90), "man": (128, 0.05, 90), "mlaan": ((128, 64), 0.05, 150)}
 
 
 @pytest.fixture(autouse=True)
@@ -48,11 +50,17 @@ def test_config_builds_its_model(path):
     match = NAME.match(name)
     assert match, f"{name} does not follow <model>_k<K>[_suffix].yaml"
     assert args.model == match["model"] and args.dataset == folder
-    r400 = args.model.split("_")[1] in ("man", "mlaan") or name.endswith("_r400.yaml")
-    assert args.epochs == (400 if r400 else 160)
-    assert (args.batch_size, args.lr) == ((128, 0.1) if folder == "stl10" else (1024, 0.8))
-    assert (args.opt, args.momentum, args.weight_decay, args.sched, args.warmup_epochs) == (
-        "sgd", 0.9, 1e-4, "infopro_cosine", 10)
+    method = match["model"].rsplit("_", 1)[1]
+    if folder == "imagenet":
+        batch_sizes, lr, epochs = IMAGENET_RECIPES[method]
+        assert args.batch_size in (batch_sizes if isinstance(batch_sizes, tuple) else (batch_sizes,))
+        assert (args.lr, args.epochs, args.sched, args.warmup_epochs) == (lr, epochs, "cosine", 0)
+    else:
+        r400 = method in ("man", "mlaan") or name.endswith("_r400.yaml")
+        assert args.epochs == (400 if r400 else 160)
+        assert (args.batch_size, args.lr) == ((128, 0.1) if folder == "stl10" else (1024, 0.8))
+        assert (args.sched, args.warmup_epochs) == ("infopro_cosine", 10)
+    assert (args.opt, args.momentum, args.weight_decay) == ("sgd", 0.9, 1e-4)
     spec = get_dataset_spec(args.dataset)
     model = timm.create_model(model_name_for_dataset(args.model, spec.name), num_classes=spec.num_classes,
                               **args.model_kwargs)

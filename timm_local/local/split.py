@@ -67,6 +67,8 @@ def resolve_split(layout: BackboneLayout, num_local_modules: int | None, split: 
     def measured() -> tuple[int, ...]:
         if k == 1:
             return ()
+        if k == n:  # one block per module: the only split, nothing to measure
+            return tuple(range(1, n))
         return balanced_cuts(costs() if costs is not None else probe, k)
 
     if split in (None, "paper"):
