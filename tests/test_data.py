@@ -90,6 +90,7 @@ def test_unknown_dataset_lists_known_names():
 def test_synthetic_in_memory_layouts_load_and_iterate(tmp_path, name, no_network):
     spec = get_dataset_spec(name)
     root = write_synthetic_copy(name, tmp_path / name, num_train=6, num_eval=3)
+    offline_before = os.environ.get("HF_HUB_OFFLINE")
     loaders = build_loaders(name, root, batch_size=4, eval_batch_size=2, device="cpu", seed=0)
     assert (loaders.num_classes, loaders.label_names, loaders.image_size) == (10, spec.label_names, spec.image_size)
     assert (loaders.mean, loaders.std) == (spec.mean, spec.std)
@@ -103,7 +104,7 @@ def test_synthetic_in_memory_layouts_load_and_iterate(tmp_path, name, no_network
     y = torch.cat([y for _, y in loaders.eval])
     torch.testing.assert_close(x, normalize(pixels, spec.mean, spec.std))
     assert y.tolist() == [1, 2, 3]
-    assert os.environ.get("HF_HUB_OFFLINE") is None  # the offline guard restored the environment
+    assert os.environ.get("HF_HUB_OFFLINE") == offline_before  # the offline guard restored the environment
 
 
 def test_svhn_config_folder_without_readme(tmp_path):
