@@ -11,6 +11,15 @@ def _deterministic():
     yield
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: faster for small CPU ops, and far faster on a shared (oversubscribed) machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def batch(n: int = 4, size: int = 32, classes: int = 10, seed: int = 0):
     """A fixed random image batch and labels."""
     g = torch.Generator().manual_seed(seed)

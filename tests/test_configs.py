@@ -4,27 +4,19 @@ import os
 import re
 
 import pytest
-import torch
 import timm
 
 from timm_local.data import get_dataset_spec
 from timm_local.train import parse_args
 from timm_local.train.setup import model_name_for_dataset
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 CONFIGS = sorted(glob.glob(os.path.join(CONFIG_DIR, "*", "*.yaml")))
 NAME = re.compile(r"^(?P<model>[a-z0-9_]+?_(e2e|greedy|dgl|infopro|man|mlaan))_k(?P<k>\d+)(_[a-z0-9]+)?\.yaml$")
 # ImageNet recipes (METHODS.md §7.2): (batch per process, lr, epochs) by method; per-epoch cosine, no warm-up.
 IMAGENET_RECIPES = {"infopro": (128, 0.4, 90), "man": (128, 0.05, 90), "mlaan": ((128, 64), 0.05, 150)}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: faster for these small CPU ops, and far faster on a shared (oversubscribed) machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_configs_cover_the_paper_tables():

@@ -20,20 +20,13 @@ from timm_local.train import NonFiniteLossError, parse_args, train
 from timm_local.train.outputs import summary_columns
 from timm_local.validate import main as validate_main
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 RESULT_KEYS = {"model", "model_kwargs", "dataset", "num_local_modules", "epochs", "top1_final", "top5_final", "top1_best",
                "best_epoch", "eval_loss_final", "train_images_per_sec", "peak_memory_mb", "wall_time_s", "num_params",
                "device", "torch", "timm", "timm_local", "accelerate", "command", "date"}
 ARGS_KEYS = {"model", "model_kwargs", "dataset", "data_dir", "epochs", "batch_size", "lr", "opt", "weight_decay",
              "momentum", "sched", "warmup_epochs", "seed", "mixed_precision"}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: faster for these small CPU ops, and far faster on a shared (oversubscribed) machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

@@ -13,22 +13,14 @@ import json
 import os
 
 import pytest
-import torch
 from accelerate.state import AcceleratorState
 
 from timm_local.train import parse_args, train
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "datasets",
                         "cifar10-jpeg")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: faster for these small CPU ops, and far faster on a shared (oversubscribed) machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.skipif(not os.path.isdir(DATA_DIR), reason="the shared CIFAR-10 copy is not next to the repository")
