@@ -68,3 +68,16 @@ def assert_aux_kept_and_block_copies_refreshed(fresh, loaded) -> None:
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in kept.items())
     for clone, source in (pair for m in holders for pair in m.copied_pairs()):
         assert all(torch.equal(v, source.state_dict()[k]) for k, v in clone.state_dict().items())
+
+
+def assert_head_contract(model, x, features) -> None:
+    """timm's head contract (ECOSYSTEM.md §1.7): pre-logits width, then reset_classifier(0) returns pooled
+    features and reset_classifier(0, '') the unpooled map of ``forward_features`` (``features``)."""
+    with torch.no_grad():
+        assert model.forward_head(features, pre_logits=True).shape == (x.shape[0], model.head_hidden_size)
+    model.reset_classifier(0)
+    with torch.no_grad():
+        assert model(x).shape == (x.shape[0], model.num_features)
+    model.reset_classifier(0, "")
+    with torch.no_grad():
+        assert model(x).shape == features.shape

@@ -5,6 +5,7 @@ from timm.optim import create_optimizer_v2
 import torch
 
 import timm_local
+from conftest import assert_head_contract
 
 CIFAR_NAMES = timm_local.list_models("resnet*_*")
 EXPECTED = [f"resnet{d}_{m}" for d in (32, 110) for m in ("e2e", "greedy", "dgl", "infopro", "man", "mlaan")]
@@ -29,15 +30,9 @@ def test_default_cfg_contract(name):
         features = model.forward_features(x)
         assert features.shape[-2:] == cfg["pool_size"]
         assert features.shape[1] == model.num_features
-        assert model.forward_head(features, pre_logits=True).shape == (2, model.head_hidden_size)
         assert model(x).shape == (2, 10)
     assert model.get_classifier() is model.fc
-    model.reset_classifier(0)
-    with torch.no_grad():
-        assert model(x).shape == (2, model.num_features)
-    model.reset_classifier(0, "")
-    with torch.no_grad():
-        assert model(x).shape == features.shape
+    assert_head_contract(model, x, features)
 
 
 @pytest.mark.parametrize("tag,size,pool", [("cifar10", 32, 8), ("svhn", 32, 8), ("stl10", 96, 24)])

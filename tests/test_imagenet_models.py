@@ -11,6 +11,7 @@ import torch
 
 import timm_local
 from conftest import (
+    assert_head_contract,
     assert_aux_kept_and_block_copies_refreshed,
     assert_each_loss_reaches_only_its_modules,
     assert_joint_equals_interleaved,
@@ -53,15 +54,9 @@ def test_timm_contract(name):
     with torch.no_grad():
         features = model.forward_features(x)
         assert features.shape == (2, model.num_features, 2, 2)  # stride 32
-        assert model.forward_head(features, pre_logits=True).shape == (2, model.head_hidden_size)
         assert model(x).shape == (2, 1000)
     assert model.get_classifier() is model.fc
-    model.reset_classifier(0)
-    with torch.no_grad():
-        assert model(x).shape == (2, model.num_features)
-    model.reset_classifier(0, "")
-    with torch.no_grad():
-        assert model(x).shape == features.shape
+    assert_head_contract(model, x, features)
     counts = {}
     for module in timm.create_model(name, **SMALL).local_modules:
         for p in module.parameters():

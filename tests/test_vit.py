@@ -10,6 +10,7 @@ import torch
 
 import timm_local
 from conftest import (
+    assert_head_contract,
     assert_aux_kept_and_block_copies_refreshed,
     assert_each_loss_reaches_only_its_modules,
     assert_joint_equals_interleaved,
@@ -55,16 +56,10 @@ def test_timm_contract(name, kwargs, size):
     with torch.no_grad():
         features = model.forward_features(x)
         assert features.shape == (2, tokens, model.num_features)
-        assert model.forward_head(features, pre_logits=True).shape == (2, model.head_hidden_size)
         assert model(x).shape == (2, classes)
     assert model.get_classifier() is model.head
     assert {"pos_embed", "cls_token"} <= model.no_weight_decay()
-    model.reset_classifier(0)
-    with torch.no_grad():
-        assert model(x).shape == (2, model.num_features)
-    model.reset_classifier(0, "")
-    with torch.no_grad():
-        assert model(x).shape == features.shape
+    assert_head_contract(model, x, features)
 
 
 def test_tags_build_their_image_size():
