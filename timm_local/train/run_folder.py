@@ -170,6 +170,7 @@ class RunFolder:
             "wall_time_s": state["wall_time_s"],
             "num_params": sum(p.numel() for p in self.model.backbone.parameters()),
             "device": device_name(acc.device),
+            "threads": torch.get_num_threads(),
             **versions,
             "command": shlex.join([os.path.basename(sys.executable)] + sys.argv),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
