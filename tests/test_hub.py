@@ -223,26 +223,42 @@ def test_hub_cards_folders_become_hf_hub_ids(exported, tmp_path, monkeypatch):
     assert set(published_hub_ids()) <= set(timm_local.list_pretrained())  # the repository's own hub_cards/
 
 
-def test_registered_tag_downloads_in_a_fresh_process(exported, tmp_path):
-    """``import timm_local`` reads hub_cards/ → ``create_model('<arch>.<tag>', pretrained=True)`` with no overlay."""
+@pytest.mark.parametrize("weights_in_cards", [True, False], ids=["committed-file", "hub-cache"])
+def test_registered_tag_loads_in_a_fresh_process(exported, tmp_path, weights_in_cards):
+    """``import timm_local`` reads hub_cards/ → ``create_model('<arch>.<tag>', pretrained=True)``, offline.
+
+    With the weights committed in the folder (a clone), timm loads that file and the HF cache stays
+    empty; without them (a folder holding only the card and config), the Hub id is used (here: a cache).
+    The bare architecture name picks the published tag as timm's default.
+    """
     cards = tmp_path / "cards"
     shutil.copytree(exported["folder"], cards / NAME)
-    cache = hf_cache(tmp_path / "hf-cache", exported["folder"], f"{ORG}/{NAME}")
+    if weights_in_cards:
+        cache = tmp_path / "empty-hf-cache"
+        cache.mkdir()
+    else:
+        (cards / NAME / "model.safetensors").unlink()
+        cache = hf_cache(tmp_path / "hf-cache", exported["folder"], f"{ORG}/{NAME}")
     torch.save({"x": exported["x"], "logits": exported["logits"]}, tmp_path / "expected.pt")
     script = textwrap.dedent(f"""
         import timm, torch, timm_local
-        assert {NAME!r} in timm_local.list_pretrained({ARCH + '*'!r}), timm_local.list_pretrained()
-        assert timm.get_pretrained_cfg({NAME!r}).hf_hub_id == {f'{ORG}/{NAME}'!r}
-        model = timm.create_model({NAME!r}, pretrained=True).eval()
-        assert model.num_local_modules == {K}
+        assert timm_local.list_pretrained({ARCH + '*'!r}) == [{NAME!r}], timm_local.list_pretrained()
+        cfg = timm.get_pretrained_cfg({NAME!r})
+        assert cfg.hf_hub_id == {f'{ORG}/{NAME}'!r}
+        assert (cfg.file is not None) == {weights_in_cards!r}, cfg.file
         expected = torch.load({str(tmp_path / 'expected.pt')!r})
-        with torch.no_grad():
-            assert torch.equal(model(expected["x"]), expected["logits"])
+        for name in ({NAME!r}, {ARCH!r}):
+            model = timm.create_model(name, pretrained=True).eval()
+            assert model.num_local_modules == {K}
+            with torch.no_grad():
+                assert torch.equal(model(expected["x"]), expected["logits"]), name
     """)
     env = {**os.environ, "TIMM_LOCAL_HUB_CARDS": str(cards), "TIMM_LOCAL_HUB_ORG": ORG, "HF_HUB_CACHE": str(cache),
            "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
+    if weights_in_cards:
+        assert not any(cache.iterdir())
 
 
 # ------------------------------------------------------------------------------------------------ push, table

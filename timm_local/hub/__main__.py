@@ -19,6 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--bench-json", default=None,
                         help="benchmark JSON with this model's and E2E's peak training memory "
                              "(format: see timm_local.hub.memory)")
+    export.add_argument("--reference-run", default=None, metavar="E2E_RUN",
+                        help="the E2E run folder of the same recipe: its final top-1 goes on the card")
 
     push = commands.add_parser("push", help="upload an exported folder with huggingface_hub")
     push.add_argument("folder", help="hub_cards/<name>")
@@ -40,7 +42,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "export":
             from .export import export_run
 
-            folder = export_run(args.run, name=args.name, hub_dir=args.hub_dir, bench_json=args.bench_json)
+            folder = export_run(args.run, name=args.name, hub_dir=args.hub_dir, bench_json=args.bench_json,
+                                reference_run=args.reference_run)
             files = sorted(p.name for p in folder.iterdir() if p.is_file())
             print(f"exported {folder}: {', '.join(files)}")
         elif args.command == "push":

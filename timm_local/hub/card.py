@@ -26,16 +26,21 @@ NOT_RECORDED = "not recorded"
 
 
 def build_card(name: str, repo_id: str, model: LocalNet, run: Run, stats: ModelStats,
-               memory: Optional[MemoryComparison] = None) -> ModelCard:
-    """The card of ``model`` (rebuilt from ``run``) published as ``repo_id``."""
-    data = _metadata(name, model, run, memory)
+               memory: Optional[MemoryComparison] = None, reference: Optional[Run] = None) -> ModelCard:
+    """The card of ``model`` (rebuilt from ``run``) published as ``repo_id``.
+
+    ``reference`` is the E2E run of the same recipe (its final top-1 is stated next to this model's:
+    the gap is what local learning costs at that recipe).
+    """
+    data = _metadata(name, model, run, memory, reference)
     body = "\n\n".join([
         f"# Model card for {name}",
         _description(model, run),
         _details(model, run, stats),
-        _results(run),
+        _results(run, reference),
         _training(run, memory),
         _usage(name, repo_id),
+        _evaluation(name, run),
         _citation(model, run),
     ])
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n")
@@ -49,7 +54,8 @@ def _eval_split(run: Run) -> str:
     return f"{split}[:{limit}]" if limit else split
 
 
-def _metadata(name: str, model: LocalNet, run: Run, memory: Optional[MemoryComparison]) -> ModelCardData:
+def _metadata(name: str, model: LocalNet, run: Run, memory: Optional[MemoryComparison],
+              reference: Optional[Run]) -> ModelCardData:
     spec = get_dataset_spec(run.dataset)
     eval_results = None
     if run.top1 is not None:
@@ -65,7 +71,7 @@ def _metadata(name: str, model: LocalNet, run: Run, memory: Optional[MemoryCompa
                           "memory_device": memory.device, "memory_batch_size": memory.batch_size}
     figures = {"architecture": run.arch, "method": model.method.name, "num_local_modules": model.num_local_modules,
                "dataset": spec.name, "top1": None if run.top1 is None else round(float(run.top1), 2),
-               "eval_split": _eval_split(run), **memory_figures}
+               "eval_split": _eval_split(run), "e2e_top1": _final_top1(reference), **memory_figures}
     return ModelCardData(
         library_name="timm", license=model.pretrained_cfg.get("license") or "apache-2.0",
         pipeline_tag="image-classification", datasets=[spec.hub_id],
@@ -119,7 +125,23 @@ def _details(model: LocalNet, run: Run, stats: ModelStats) -> str:
     return "\n".join(lines)
 
 
-def _results(run: Run) -> str:
+def _final_top1(run: Optional[Run]) -> Optional[float]:
+    """A finished run's final top-1 (from its results.json), rounded as the card shows it."""
+    if run is None or run.results is None or run.results.get("top1_final") is None:
+        return None
+    return round(float(run.results["top1_final"]), 2)
+
+
+def _reference_line(run: Run, reference: Optional[Run]) -> str:
+    e2e, ours = _final_top1(reference), _final_top1(run)
+    if e2e is None:
+        return f"- **E2E with the same recipe:** {NOT_MEASURED}"
+    gap = f" (gap {ours - e2e:+.2f} points)" if ours is not None else ""
+    return (f"- **E2E with the same recipe:** {e2e:.2f}% final top-1 "
+            f"(`{reference.arch}`, {_value(reference.results.get('epochs'))} epochs){gap}")
+
+
+def _results(run: Run, reference: Optional[Run] = None) -> str:
     spec = get_dataset_spec(run.dataset)
     results = run.results or {}
     limit = run.args.get("max_eval_samples")
@@ -143,6 +165,8 @@ def _results(run: Run) -> str:
             + (f" (epoch {best_epoch + 1})" if best_epoch is not None else ""),
             f"- **Final eval loss:** {_value(results.get('eval_loss_final'), '{:.4f}')}",
         ]
+        if run.model_kwargs.get("num_local_modules", 1) != 1 or reference is not None:
+            lines.append(_reference_line(run, reference))
     return "\n".join(lines)
 
 
@@ -159,7 +183,8 @@ def _training(run: Run, memory: Optional[MemoryComparison]) -> str:
         f"- **Schedule:** {_value(args.get('sched'))}, {_value(args.get('warmup_epochs'))} warm-up epochs",
         f"- **Mixed precision:** {_value(args.get('mixed_precision'))}; seed {_value(args.get('seed'))}",
         f"- **Model kwargs:** `{run.model_kwargs}`",
-        f"- **Device:** {_value(results.get('device'), missing=NOT_MEASURED)}; wall time "
+        f"- **Device:** {_value(results.get('device'), missing=NOT_MEASURED)}"
+        + (f", {results['threads']} thread(s)" if results.get("threads") else "") + "; wall time "
         f"{_value(results.get('wall_time_s'), '{:.0f} s', NOT_MEASURED)}; "
         f"{_value(results.get('train_images_per_sec'), '{:.0f} images/s', NOT_MEASURED)} (median epoch)",
         f"- **Peak memory during this run:** {_value(results.get('peak_memory_mb'), '{:.0f} MB', NOT_MEASURED)}",
@@ -212,6 +237,22 @@ print([(labels[i], round(p.item(), 3)) for p, i in zip(top5.values[0], top5.indi
 `create_model("hf-hub:{repo_id}", pretrained=True)` rebuilds the same K local modules from the `model_args`
 in config.json; the backbone starts from these weights and the auxiliary networks from a fresh initialisation.
 `model.local_step(images, labels)` then trains it (see the timm_local README)."""
+
+
+def _evaluation(name: str, run: Run) -> str:
+    """The validate.py command that re-measures the card's top-1 (the trainer's eval settings)."""
+    args = run.args
+    flags = [f"--dataset {run.dataset}", f"-b {args.get('validation_batch_size') or args.get('batch_size')}"]
+    if args.get("mixed_precision") not in (None, "no"):
+        flags.append(f"--mixed-precision {args['mixed_precision']}")
+    if args.get("channels_last"):
+        flags.append("--channels-last")
+    return f"""### Evaluate
+From a clone of timm_local (`pip install -e ".[train]"`), with the eval settings of the training run:
+```bash
+python validate.py --model {name} --pretrained {' '.join(flags)}
+```
+This prints the top-1 above (add `--data-dir <local copy>` to read the dataset from disk)."""
 
 
 def _citation(model: LocalNet, run: Run) -> str:

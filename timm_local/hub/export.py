@@ -77,7 +77,8 @@ def model_args(model: LocalNet, run: Run) -> dict[str, Any]:
 
 
 def export_run(path: Union[str, Path], name: Optional[str] = None, hub_dir: Optional[Union[str, Path]] = None,
-               bench_json: Optional[Union[str, Path]] = None) -> Path:
+               bench_json: Optional[Union[str, Path]] = None,
+               reference_run: Optional[Union[str, Path]] = None) -> Path:
     """Write the Hub folder of a run (a run folder or a checkpoint file); return the folder.
 
     Args:
@@ -85,6 +86,7 @@ def export_run(path: Union[str, Path], name: Optional[str] = None, hub_dir: Opti
         hub_dir: parent folder (default: hub_cards/, see :func:`~timm_local.hub.settings.hub_cards_dir`).
         bench_json: a benchmark JSON with this model's and E2E's peak training memory
             (:mod:`timm_local.hub.memory`); without it the card says "not yet measured".
+        reference_run: the E2E run folder of the same recipe, whose final top-1 the card states.
     """
     run = load_run(path)
     model = rebuild_model(run)
@@ -101,7 +103,8 @@ def export_run(path: Union[str, Path], name: Optional[str] = None, hub_dir: Opti
     folder.mkdir(parents=True, exist_ok=True)
     weights = write_weights(model, folder)
     write_config(model, run, folder, tag)
-    card = build_card(name, f"{hub_org()}/{name}", model, run, count_stats(model), memory)
+    reference = load_run(reference_run) if reference_run is not None else None
+    card = build_card(name, f"{hub_org()}/{name}", model, run, count_stats(model), memory, reference)
     card.save(folder / "README.md")
     if weights.stat().st_size > MAX_COMMITTED_WEIGHTS_MB * 2**20:
         ignore_in_git(hub_dir, f"{name}/{WEIGHTS_NAME}")

@@ -2,8 +2,11 @@
 
 A model is published exactly when its folder ``hub_cards/<arch>.<tag>/`` exists with a ``config.json``
 naming ``<arch>``; its Hub repository is ``<org>/<arch>.<tag>`` (:func:`~timm_local.hub.settings.hub_org`).
-The model files call :func:`published_tags` while building ``default_cfgs``, so those tags get their
-full ``hf_hub_id`` and ``create_model("<arch>.<tag>", pretrained=True)`` downloads them.
+The model files call :func:`published_cfg_sources` while building ``default_cfgs``, so those tags get
+their full ``hf_hub_id`` and, when the folder holds its ``model.safetensors`` (a clone of this
+repository), timm's ``file`` source: ``create_model("<arch>.<tag>", pretrained=True)`` then loads the
+committed weights with no network access (timm prefers ``file`` to ``hf_hub_id``), and downloads them
+from the Hub everywhere else.
 
 Tags are ``[<recipe>_]k<K>_<dataset>`` (e.g. ``k16_cifar10``); :func:`parse_tag` reads K and the dataset
 back. Only the standard library is imported here: the model files import this module while
@@ -21,6 +24,7 @@ from typing import Any, Optional
 from .settings import hub_cards_dir, hub_org
 
 _K_PART = re.compile(r"k(\d+)")
+WEIGHTS_FILE = "model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,16 @@ def published_tags(arch: str, hub_dir: Optional[Path] = None) -> dict[str, str]:
     """``{tag: hf_hub_id}`` of the published tags of one architecture."""
     return {name.partition(".")[2]: hub_id for name, hub_id in published_hub_ids(hub_dir).items()
             if name.partition(".")[0] == arch}
+
+
+def published_cfg_sources(arch: str, hub_dir: Optional[Path] = None) -> dict[str, dict[str, str]]:
+    """``{tag: {"hf_hub_id": ..., ["file": <hub_cards>/<arch>.<tag>/model.safetensors]}}`` of one architecture."""
+    root = Path(hub_dir) if hub_dir is not None else hub_cards_dir()
+    sources = {}
+    for tag, hub_id in published_tags(arch, root).items():
+        weights = root / f"{arch}.{tag}" / WEIGHTS_FILE
+        sources[tag] = {"hf_hub_id": hub_id, **({"file": str(weights)} if weights.is_file() else {})}
+    return sources
 
 
 def _config_architecture(path: Path) -> Optional[str]:

@@ -17,7 +17,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._manipulate import checkpoint_seq
 
 from ..constants import CIFAR10_LABELS, CIFAR10_MEAN, CIFAR10_STD, HALF_MEAN, HALF_STD, STL10_LABELS, SVHN_LABELS
-from ..hub.registry import parse_tag, published_tags, tag_info
+from ..hub.registry import parse_tag, published_cfg_sources, tag_info
 from ..local import BackboneLayout, BoundCall, LocalNet, localize
 from ..local.layout import reset_parameters_like_resnet
 
@@ -212,11 +212,12 @@ def _tags(method: str) -> dict:
 
 
 def _published_cfgs(arch: str, method: str) -> dict:
-    """Tags with weights on the Hub, e.g. ``k16_cifar10``: one per folder ``hub_cards/<arch>.<tag>/``
-    (:mod:`timm_local.hub.registry`), with their dataset's cfg and the full ``hf_hub_id``."""
-    published = published_tags(arch)
-    return {f"{arch}.{tag}": {**cfg, "hf_hub_id": hf_hub_id} for dataset, cfg in _tags(method).items()
-            for tag, hf_hub_id in published.items() if parse_tag(tag).dataset == dataset}
+    """Tags with weights, e.g. ``k8_cpu10e_cifar10``: one per folder ``hub_cards/<arch>.<tag>/``
+    (:mod:`timm_local.hub.registry`), with their dataset's cfg, the full ``hf_hub_id`` and, when the
+    folder holds the weights, the local ``file`` timm loads first."""
+    published = published_cfg_sources(arch)
+    return {f"{arch}.{tag}": {**cfg, **sources} for dataset, cfg in _tags(method).items()
+            for tag, sources in published.items() if parse_tag(tag).dataset == dataset}
 
 
 default_cfgs = generate_default_cfgs({

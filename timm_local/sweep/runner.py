@@ -32,6 +32,7 @@ from .table import write_table
 
 _PR_SET_PDEATHSIG = 1
 STOP_GRACE_S = 60.0
+TABLE_REFRESH_S = 60.0  # the table is rewritten this often while runs progress, and whenever one ends
 
 
 @dataclass
@@ -91,6 +92,7 @@ class SweepRunner:
         active: dict[str, _Job] = {}
         try:
             self.echo(self.write_table())
+            refreshed = time.monotonic()
             while (queue or active) and self._stop_signal is None:
                 while queue and len(active) < self.jobs and self._stop_signal is None:
                     run = queue.pop(0)
@@ -102,6 +104,9 @@ class SweepRunner:
                         del active[name]
                         self._finish(job)
                         self.echo(self.write_table(list(active)))
+                if time.monotonic() - refreshed > TABLE_REFRESH_S:
+                    self.write_table(list(active))
+                    refreshed = time.monotonic()
                 time.sleep(self.poll_s)
         finally:
             if active:

@@ -67,7 +67,16 @@ def peak_memory_mb(device: torch.device) -> float:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    return f"cpu ({_cpu_model() or platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def _cpu_model() -> str:
+    """The processor's name from /proc/cpuinfo (Linux), else ''."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        return ""
 
 
 def package_versions() -> dict[str, str]:

@@ -1,0 +1,58 @@
+"""The committed model zoo: every hub_cards/ folder loads with pretrained=True offline, and validate.py
+re-measures the recorded top-1 exactly (benchmarks/cifar10/runs/<run>/validate_first1000.json, written
+by benchmarks/cifar10/report.py from the training checkpoint; here through the exported weights)."""
+import json
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from accelerate.state import AcceleratorState
+
+import timm_local
+from timm_local.hub import published_hub_ids
+from timm_local.validate import main as validate_main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg"
+RECORDS = sorted((ROOT / "benchmarks" / "cifar10" / "runs").glob("*/validate_first1000.json"))
+
+
+def test_list_pretrained_is_exactly_the_committed_folders():
+    folders = {p.name for p in (ROOT / "hub_cards").iterdir() if (p / "config.json").is_file()}
+    assert set(published_hub_ids()) == folders
+    for name in folders:
+        assert name in timm.list_pretrained(name.partition(".")[0] + "*")
+        assert timm.get_pretrained_cfg(name).file == str(ROOT / "hub_cards" / name / "model.safetensors")
+    assert set(timm_local.list_pretrained("resnet32_*")) == {n for n in folders if n.startswith("resnet32_")}
+
+
+@pytest.mark.parametrize("record", RECORDS, ids=[p.parent.name for p in RECORDS])
+def test_pretrained_weights_reproduce_the_recorded_top1(record, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    expected = json.loads(record.read_text())
+    if not DATA_DIR.is_dir():
+        pytest.skip("the shared CIFAR-10 copy is not next to the repository")
+    if int(expected.get("threads", 1)) != 1:
+        pytest.skip("recorded with several threads; this test runs with one")
+    AcceleratorState._reset_state(reset_partial_state=True)
+    got = validate_main(["--model", expected["hub_name"], "--pretrained", "--dataset", "cifar10", "--data-dir",
+                         str(DATA_DIR), "--max-eval-samples", str(expected["max_eval_samples"]), "--workers", "0",
+                         *expected["validate_flags"]])
+    AcceleratorState._reset_state(reset_partial_state=True)
+    assert (got["top1"], got["top5"]) == (expected["top1"], expected["top5"])
+
+
+def test_bare_architecture_name_loads_its_published_default(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    names = sorted(published_hub_ids())
+    if not names:
+        pytest.skip("no published model yet")
+    arch = names[0].partition(".")[0]
+    tag = timm.get_pretrained_cfg(arch).tag
+    assert f"{arch}.{tag}" in names  # timm's default tag of the architecture is a published one
+    default, tagged = timm.create_model(arch, pretrained=True), timm.create_model(f"{arch}.{tag}", pretrained=True)
+    assert default.num_local_modules == tagged.num_local_modules
+    assert all(torch.equal(a, b) for a, b in zip(default.state_dict().values(), tagged.state_dict().values()))
