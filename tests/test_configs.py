@@ -7,13 +7,16 @@ import pytest
 import timm
 
 from timm_local.data import get_dataset_spec
+from timm_local.sweep import load_sweep
 from timm_local.train import parse_args
 from timm_local.train.setup import model_name_for_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-CONFIGS = sorted(glob.glob(os.path.join(CONFIG_DIR, "*", "*.yaml")))
+CONFIGS = sorted(p for p in glob.glob(os.path.join(CONFIG_DIR, "*", "*.yaml"))
+                 if os.path.basename(os.path.dirname(p)) != "sweeps")  # one train.py config per paper-table entry
+SWEEPS = sorted(glob.glob(os.path.join(CONFIG_DIR, "sweeps", "*.yaml")))
 NAME = re.compile(r"^(?P<model>[a-z0-9_]+?_(e2e|greedy|dgl|infopro|man|mlaan))_k(?P<k>\d+)(_[a-z0-9]+)?\.yaml$")
 # ImageNet recipes (METHODS.md §7.2): (batch per process, lr, epochs) by method; per-epoch cosine, no warm-up.
 IMAGENET_RECIPES = {"infopro": (128, 0.4, 90), "man": (128, 0.05, 90), "mlaan": ((128, 64), 0.05, 150)}
@@ -57,6 +60,21 @@ def test_config_builds_its_model(path):
     model = timm.create_model(model_name_for_dataset(args.model, spec.name), num_classes=spec.num_classes,
                               **args.model_kwargs)
     assert model.num_local_modules == int(match["k"]) == args.model_kwargs["num_local_modules"]
+
+
+def test_quickstart_config_is_the_short_local_learning_run():
+    args = parse_args(["--config", os.path.join(CONFIG_DIR, "quickstart.yaml")])
+    assert (args.model, args.dataset, args.epochs, args.max_train_samples) == ("resnet32_infopro", "cifar10", 2, 10000)
+    assert timm.create_model(args.model, **args.model_kwargs).num_local_modules == 8
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=os.path.basename)
+def test_sweep_files_resolve_to_valid_train_configs(path, monkeypatch):
+    monkeypatch.chdir(os.path.dirname(CONFIG_DIR))  # the sweep's paths are relative to the repository root
+    sweep = load_sweep(path)
+    assert sweep.runs and all(run.hub_name.startswith(run.config["model"] + ".") for run in sweep.runs)
+    epochs = {run.config["epochs"] for run in sweep.runs}
+    assert len(epochs) == 1  # one shared recipe
 
 
 def test_unknown_config_key_names_the_closest(tmp_path):
