@@ -50,12 +50,34 @@ def test_infopro_published_lambda_schedule_by_module_index():
 def test_man_stage_rule_is_clamped_and_uses_the_next_blocks_stage():
     model = timm.create_model("resnet32_man", num_local_modules=15, weight_schedule="stage")
     w = weights_of(model)
-    # next block of aux k is block k + 1; blocks 1-4 are stage 1, 5-9 stage 2, 10-14 stage 3; K - 2 = 13.
-    assert w[0] == (round(5 * (1 - 1 / 13), 6), round(0.5 * (1 - 1 / 13), 6))
-    assert w[4] == (round(5 * (1 - 2 / 13), 6), round(0.5 * (1 - 2 / 13), 6))
-    assert w[9] == w[13] == (round(5 * (1 - 3 / 13), 6), round(0.5 * (1 - 3 / 13), 6))
+    # next block of aux k is block k + 1; blocks 1-4 are stage 1, 5-9 stage 2, 10-14 stage 3. These 15 modules
+    # are MAN's "K=16" (the stem counts as a module in MAN's code), so K - 2 = 14 (METHODS.md §5):
+    # aux 0 (next block [1,1]): r = 1/14 -> (5 * 13/14, 0.5 * 13/14) = (4.642857, 0.464286).
+    assert w[0] == (4.642857, 0.464286)
+    assert w[4] == (round(5 * 12 / 14, 6), round(0.5 * 12 / 14, 6))  # next block 5 = [2,0]: r = 2/14
+    assert w[9] == w[13] == (round(5 * 11 / 14, 6), round(0.5 * 11 / 14, 6))  # next block in stage 3: r = 3/14
+    eight = weights_of(timm.create_model("resnet32_man", num_local_modules=8, weight_schedule="stage"))
+    assert eight[0] == (round(5 * 5 / 6, 6), round(0.5 * 5 / 6, 6))  # K=8 is 8 modules: r = 1/6 (unchanged)
     small = timm.create_model("resnet32_man", num_local_modules=4, weight_schedule="stage")
     assert all(r >= 0 and t >= 0 for r, t in weights_of(small))  # the reference would extrapolate below 0
+
+
+def test_man_one_block_per_module_resnet110_divides_by_53():
+    w = weights_of(timm.create_model("resnet110_man", num_local_modules=54, weight_schedule="stage"))
+    assert w[0] == (round(5 * 52 / 53, 6), round(0.5 * 52 / 53, 6))  # "K=55": next block [1,1], r = 1/53
+    assert w[-1] == (round(5 * 50 / 53, 6), round(0.5 * 50 / 53, 6))  # next block in stage 3: r = 3/53
+
+
+def test_mlaan_infopro_stage_rule_divides_by_the_papers_k():
+    """MLAAN's infopro base uses the stage of module k's own last block; its 15-module "K=16" divides by 14."""
+    model = timm.create_model("resnet32_mlaan", num_local_modules=15, base="infopro")
+
+    def paths(k):
+        return [(round(p.recon_weight, 6), round(p.task_weight, 6)) for p in (model.aux[k].independent,
+                                                                              model.aux[k].cascaded)]
+    assert paths(1) == [(4.642857, 0.464286)] * 2  # last block 1 = [1,1]: r = 1/14
+    assert paths(5) == [(round(5 * 12 / 14, 6), round(0.5 * 12 / 14, 6))] * 2  # last block 5 = [2,0]: r = 2/14
+    assert paths(13) == [(round(5 * 11 / 14, 6), round(0.5 * 11 / 14, 6))] * 2  # stage 3: r = 3/14
 
 
 def test_man_momentum_copy_follows_the_next_modules_first_block():

@@ -20,7 +20,7 @@ from .aux_factory import aux_family
 from .aux_nets import AUX_CONFIGS
 from .base import ClassifierObjective, LocalMethod, LocalObjective, LocalPlan
 from .losses import reconstruction_loss, task_loss
-from .schedules import interpolate, module_index_ratio, stage_index_ratio
+from .schedules import interpolate, module_index_ratio, paper_module_count, stage_index_ratio
 
 # (ixx_1, ixy_1, ixx_2, ixy_2) shipped with the InfoPro code, by (dataset, arch, split kind) and K
 # (METHODS.md §7.4). Keys missing from a row fall back to the row's nearest K (ties: larger K).
@@ -131,7 +131,8 @@ class InfoPro(LocalMethod):
         if self.weight_schedule == "module":
             r = module_index_ratio(k, plan.num_modules)
         else:
-            r = stage_index_ratio(plan.stage_of_block(plan.next_block_index(k)), plan.num_modules)
+            r = stage_index_ratio(plan.stage_of_block(plan.next_block_index(k)),
+                                  paper_module_count(plan.num_modules, plan.layout.num_blocks))
         return interpolate(recon, r), interpolate(task, r)
 
     def aux_input_shape(self, plan: LocalPlan, k: int) -> tuple[int, ...]:

@@ -28,7 +28,7 @@ from .aux_nets import AUX_CONFIGS
 from .base import BlockCopies, LocalMethod, LocalObjective, LocalPlan
 from .infopro import InfoProObjective, check_choice
 from .man import MomentumBlockPair, check_momentum
-from .schedules import interpolate, module_index_ratio, stage_index_ratio
+from .schedules import interpolate, module_index_ratio, paper_module_count, stage_index_ratio
 
 
 def _flat(stage_sizes: Sequence[int], chains: Sequence[Sequence[tuple[int, int]]]) -> tuple[tuple[int, ...], ...]:
@@ -249,7 +249,7 @@ class MLAAN(LocalMethod):
         else:  # resnetInfoProbin.py: the stage of module k's own last block
             last_block = plan.next_block_index(k) - 1
             stage = plan.stage_of_block(last_block) if last_block >= 0 else 0
-            r = stage_index_ratio(stage, plan.num_modules)
+            r = stage_index_ratio(stage, paper_module_count(plan.num_modules, plan.layout.num_blocks))
         decoder = family.decoder(plan, shape, self.aux_widen)
         return InfoProObjective(head, self.local_loss, interpolate(tuple(self.task_weights), r), decoder,
                                 interpolate(tuple(self.recon_weights), r), transform)
