@@ -10,7 +10,8 @@ real training split; all of a run's steps and the trainer's own work: loss bookk
 momentum copies, data loading) and a small eval. ``--parallel`` processes run at once with
 ``--threads`` threads each, so ``--parallel 2 --threads 1`` is the sweep's own setting on a 2-core
 machine. The figure is the trainer's ``images_per_sec`` from the run's summary.csv (training time
-only, eval excluded). Variants:
+only, eval excluded), next to the eval top-1 after the last epoch (``--epochs``, ``--eval-samples``:
+the accuracy check of a lever). Variants:
 
 - ``before``: fp32, contiguous memory format (the trainer's defaults before this benchmark);
 - ``after``: the sweep's settings (bf16 autocast + channels_last);
@@ -53,13 +54,15 @@ def variant_config(config: dict, variant: str) -> dict:
     return merge_configs(config, overrides)
 
 
-def measure(name: str, config: dict, variant: str, samples: int, threads: int, workdir: Path) -> dict:
+def measure(name: str, config: dict, variant: str, samples: int, threads: int, workdir: Path, epochs: int = 1,
+            eval_samples: int = 500) -> dict:
     """One fresh train.py process; returns its images/s (training only) and wall time."""
     config = variant_config(config, variant)
     tag = f"{name}__{variant}"
     config_path = write_run_config(RunSpec(name=tag, config=config), workdir / "configs")
     cmd = [sys.executable, "-m", "timm_local.train", "--config", str(config_path), "--output", str(workdir),
-           "--experiment", tag, "--epochs", "1", "--max-train-samples", str(samples), "--max-eval-samples", "500",
+           "--experiment", tag, "--epochs", str(epochs), "--max-train-samples", str(samples),
+           "--max-eval-samples", str(eval_samples),
            "--bench-loader-batches", "0"]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TQDM_DISABLE="1")
     start = time.perf_counter()
@@ -72,7 +75,9 @@ def measure(name: str, config: dict, variant: str, samples: int, threads: int, w
     return {"run": name, "variant": variant, "model": config["model"],
             "k": config.get("model_kwargs", {}).get("num_local_modules"), "batch_size": config["batch_size"],
             "images_per_sec": float(row["images_per_sec"]), "epoch_time_s": float(row["epoch_time"]),
-            "peak_memory_mb": float(row["peak_memory_mb"]), "process_wall_s": wall, "samples": samples}
+            "peak_memory_mb": float(row["peak_memory_mb"]), "process_wall_s": wall, "samples": samples,
+            "epochs": epochs, "eval_samples": eval_samples, "eval_top1": float(row["eval_top1"]),
+            "eval_loss": float(row["eval_loss"])}
 
 
 def main() -> None:
@@ -81,6 +86,8 @@ def main() -> None:
     parser.add_argument("--runs", nargs="*", default=None, help="run names (default: all of the sweep's)")
     parser.add_argument("--variants", nargs="+", default=["before", "after"], choices=sorted(VARIANTS))
     parser.add_argument("--samples", type=int, default=3840, help="training images per measurement")
+    parser.add_argument("--epochs", type=int, default=1, help="epochs per measurement (the schedule is the sweep's)")
+    parser.add_argument("--eval-samples", type=int, default=500, help="test images evaluated after each epoch")
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", required=True, help="JSON file to write")
@@ -90,7 +97,8 @@ def main() -> None:
     runs = [r for r in sweep.runs if args.runs is None or r.name in args.runs]
     jobs = [(r.name, r.config, v) for r in runs for v in args.variants]
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(args.parallel) as pool:
-        results = list(pool.map(lambda j: measure(*j, args.samples, args.threads, Path(tmp)), jobs))
+        results = list(pool.map(lambda j: measure(*j, args.samples, args.threads, Path(tmp), args.epochs,
+                                                  args.eval_samples), jobs))
     report = {
         "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
@@ -100,11 +108,11 @@ def main() -> None:
     }
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     base = {r["run"]: r["images_per_sec"] for r in results if r["variant"] == "before"}
-    print(f"| run | variant | batch | img/s | vs before | peak MB |\n|---|---|---|---|---|---|")
+    print(f"| run | variant | batch | img/s | vs before | peak MB | eval top-1 |\n|---|---|---|---|---|---|---|")
     for r in results:
         ratio = f"{r['images_per_sec'] / base[r['run']]:.2f}x" if r["run"] in base else ""
         print(f"| {r['run']} | {r['variant']} | {r['batch_size']} | {r['images_per_sec']:.0f} | {ratio} | "
-              f"{r['peak_memory_mb']:.0f} |")
+              f"{r['peak_memory_mb']:.0f} | {r['eval_top1']:.2f} |")
 
 
 if __name__ == "__main__":
