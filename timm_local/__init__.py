@@ -3,7 +3,7 @@
 ``import timm_local`` registers the models in timm's registry::
 
     import timm, timm_local
-    model = timm.create_model("resnet32_man", num_local_modules=16)
+    model = timm.create_model("resnet32_man", num_local_modules=15)  # MAN's "K=16": one block per module
 """
 from . import models  # noqa: F401  (registers the models in timm)
 from .local import BackboneLayout, BoundCall, LocalModule, LocalNet, localize, register_describer

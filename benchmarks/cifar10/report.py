@@ -6,8 +6,9 @@
 
 For every run of the sweep that is done (results.json), in order:
 
-1. ``python -m timm_local.hub export <run> --name <hub_name> --reference-run <the E2E run>`` into
-   ``--hub-dir`` (the card states the E2E run's top-1 of the same recipe);
+1. ``python -m timm_local.hub export <run> --name <hub_name> --reference-run <the E2E run> --bench-json
+   <memory>`` into ``--hub-dir`` (the card states the E2E run's top-1 of the same recipe, and the peak
+   training memory vs E2E that the benchmark harness measured at the same batch, precision and layout);
 2. ``python validate.py --model <hub_name> --pretrained`` on the whole test split, in a fresh process
    (so the registry reads the new hub_cards/ folder), with the run's eval settings: its top-1 must
    equal the trainer's final top-1 exactly, else the script fails;
@@ -15,7 +16,7 @@ For every run of the sweep that is done (results.json), in order:
    test re-measures through ``pretrained=True`` (``validate_first1000.json``);
 4. the run's ``summary.csv``, ``results.json`` and ``args.yaml`` are copied to ``<bench-dir>/runs/<run>/``.
 
-Then ``<bench-dir>/zoo.md`` (the table: figures from the runs' own files, the papers' gaps from
+Then ``<bench-dir>/zoo.md`` and the marked section of ``<bench-dir>/README.md`` (the table: figures from the runs' own files, the papers' gaps from
 docs/PUBLISHED_RESULTS.md) and ``<bench-dir>/zoo_top1.png`` (eval top-1 per epoch of every run).
 Runs not done yet are listed as such and skipped.
 """
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Optional
 
 from timm_local.sweep import load_sweep, read_status
+from timm_local.sweep.lock import RunLock
 from timm_local.sweep.status import read_summary
 
 # Test error (%) at K=8 minus E2E's, ResNet-32 on CIFAR-10, from the papers' tables (docs/PUBLISHED_RESULTS.md):
@@ -42,6 +44,18 @@ PAPER_K8 = {
     "man": (9.32, 6.37, "R400, MAN (InfoPro base) [secondary source]"),
 }
 FIRST_N = 1000
+MEMORY_BENCH = "benchmarks/cifar10/results/bf16_cl.json"  # the harness at the zoo's setting: batch 128, bf16, CL
+
+
+def memory_json(harness_json: Path, out: Path) -> Path:
+    """The harness's JSON as timm_local.hub.memory's format (peak allocated MB per model and K), for the cards."""
+    bench = json.loads(harness_json.read_text())
+    rows = [{"model": r["model"], "num_local_modules": r["num_local_modules"], "peak_memory_mb": r["peak_alloc_mb"],
+             "grad_checkpointing": r["config"]["grad_checkpointing"], "batch_size": r["config"]["batch_size"],
+             "mixed_precision": r["config"]["precision"]} for r in bench["results"]]
+    out.write_text(json.dumps({"command": bench["command"], "device": bench["environment"]["device_name"],
+                               "results": rows}, indent=1) + "\n")
+    return out
 
 
 def method_of(config: dict) -> str:
@@ -74,7 +88,8 @@ def validate_json(*args: str, hub_dir: str, threads: int) -> dict:
 
 def publish_run(run, folder: Path, reference: Optional[Path], args) -> dict:
     """Export, validate and copy one done run; return its validate figures."""
-    export = ["-m", "timm_local.hub", "export", str(folder), "--name", run.hub_name, "--hub-dir", args.hub_dir]
+    export = ["-m", "timm_local.hub", "export", str(folder), "--name", run.hub_name, "--hub-dir", args.hub_dir,
+              "--bench-json", str(args.memory_json)]
     run_python(*export, *(["--reference-run", str(reference)] if reference else []), hub_dir=args.hub_dir)
     common = ["--dataset", run.config["dataset"], "--data-dir", args.data_dir, "--workers", "0",
               *eval_flags(run.config)]
@@ -106,6 +121,8 @@ def table(sweep, output: Path) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in sweep.runs:
         s = read_status(run.name, output / run.name, run.config.get("epochs"))
+        if s.state != "done" and RunLock(output, run.name).owner():
+            s.state = "running"
         method, k = method_of(run.config), run.config.get("model_kwargs", {}).get("num_local_modules", 1)
         gap = f"{s.top1_final - e2e_top1:+.2f}" if s.top1_final is not None and e2e_top1 is not None else ""
         paper = PAPER_K8.get(method)
@@ -116,6 +133,19 @@ def table(sweep, output: Path) -> str:
                      f"{fmt(s.top1_best, '.2f')} | {gap} | {paper_gap} | {fmt(s.images_per_sec, '.0f')} | "
                      f"{fmt(s.peak_memory_mb, '.0f')} | {wall} | {s.state} |")
     return "\n".join(lines)
+
+
+START, END = "<!-- zoo table: start -->", "<!-- zoo table: end -->"
+
+
+def update_between_markers(readme: Path, text: str) -> None:
+    """Replace what stands between the zoo-table marker lines of ``readme`` (if it has them)."""
+    if not readme.is_file():
+        return
+    content = readme.read_text()
+    if START in content and END in content:
+        head, rest = content.split(START, 1)
+        readme.write_text(f"{head}{START}\n{text}\n{END}{rest.split(END, 1)[1]}")
 
 
 def plot(sweep, output: Path, path: Path) -> None:
@@ -143,9 +173,12 @@ def main() -> None:
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--hub-dir", default="hub_cards")
     parser.add_argument("--bench-dir", default="benchmarks/cifar10")
+    parser.add_argument("--memory-bench", default=MEMORY_BENCH,
+                        help="benchmark-harness JSON whose peak allocated memory the cards compare with E2E")
     args = parser.parse_args()
     sweep = load_sweep(args.sweep, output=args.output)
     output = sweep.output
+    args.memory_json = memory_json(Path(args.memory_bench), Path(args.bench_dir) / "results" / "memory_bf16_cl.json")
     e2e = next((r for r in sweep.runs if method_of(r.config) == "e2e"), None)
     reference = output / e2e.name if e2e and read_status(e2e.name, output / e2e.name).state == "done" else None
     for run in sweep.runs:
@@ -157,6 +190,7 @@ def main() -> None:
               f"{record['full_test_top1_pretrained']:.2f}; first {FIRST_N}: {record['top1']:.2f}")
     bench = Path(args.bench_dir)
     (bench / "zoo.md").write_text(table(sweep, output) + "\n")
+    update_between_markers(bench / "README.md", table(sweep, output))
     plot(sweep, output, bench / "zoo_top1.png")
     print(table(sweep, output))
 

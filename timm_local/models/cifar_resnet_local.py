@@ -3,7 +3,7 @@
 ``resnet{32,110}_{e2e,greedy,dgl,infopro,man,mlaan}`` with tags ``cifar10``, ``svhn`` and ``stl10``:
 
     import timm, timm_local
-    model = timm.create_model("resnet32_man", num_local_modules=16)
+    model = timm.create_model("resnet32_man", num_local_modules=15)  # MAN's "K=16": one block per module
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 from timm.layers import create_classifier
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, register_model
 from timm.models._manipulate import checkpoint_seq
 
 from ..constants import CIFAR10_LABELS, CIFAR10_MEAN, CIFAR10_STD, HALF_MEAN, HALF_STD, STL10_LABELS, SVHN_LABELS
@@ -250,7 +250,10 @@ def _build_local_cifar_resnet(depth: int, method: str, tag_dataset: Optional[str
 
 def _create(depth: int, method: str, pretrained: bool = False, **kwargs) -> LocalNet:
     variant = f"resnet{depth}_{method}"
-    tag = tag_info(kwargs.get("pretrained_cfg"))  # e.g. 'k16_svhn': dataset 'svhn', 16 local modules
+    cfg = kwargs.get("pretrained_cfg")
+    if cfg is None and pretrained:  # the bare name loads timm's default tag: build the K that tag was trained with
+        cfg = get_pretrained_cfg(variant)
+    tag = tag_info(cfg)  # e.g. 'k16_svhn': dataset 'svhn', 16 local modules
     dataset = tag.dataset if tag.dataset in ("cifar10", "svhn", "stl10") else None
     if tag.num_local_modules is not None:
         kwargs.setdefault("num_local_modules", tag.num_local_modules)

@@ -9,7 +9,7 @@ Small images: ``vit_tiny_patch4_32_*`` and ``vit_small_patch4_32_*`` (tags ``cif
     model = timm.create_model("vit_small_patch16_224_man")              # MAN++: K = 4, 3 blocks per module
     model = timm.create_model("vit_tiny_patch4_32_dgl.cifar10", num_local_modules=6)
 
-Module 1 owns the patch embedding, the class token and the position embedding; the last module owns the
+Module 0 (the first) owns the patch embedding, the class token and the position embedding; the last module owns the
 final norm and the head; the cuts fall between transformer blocks. The ``*_man`` names follow MAN++'s
 ViT recipe (PUBLISHED_RESULTS.md): the aux net of module g is s·LB(x) + (2 − s)·EMA(x) over copies of the
 next group's first block, one more copied block, then a LayerNorm + Linear classifier on the pooled tokens.
