@@ -31,8 +31,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from timm_local.sweep import load_sweep, read_status
-from timm_local.sweep.lock import RunLock
+from timm_local.sweep import SweepRunner, load_sweep, read_status
 from timm_local.sweep.status import read_summary
 
 # Test error (%) at K=8 minus E2E's, ResNet-32 on CIFAR-10, from the papers' tables (docs/PUBLISHED_RESULTS.md):
@@ -119,10 +118,7 @@ def table(sweep, output: Path) -> str:
     lines = ["| method | K | epochs | top-1 final | top-1 best | gap to our E2E | papers' gap (K=8, their recipe) | "
              "train img/s | peak MB | wall time | state |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for run in sweep.runs:
-        s = read_status(run.name, output / run.name, run.config.get("epochs"))
-        if s.state != "done" and RunLock(output, run.name).owner():
-            s.state = "running"
+    for run, s in zip(sweep.runs, SweepRunner(sweep).statuses()):
         method, k = method_of(run.config), run.config.get("model_kwargs", {}).get("num_local_modules", 1)
         gap = f"{s.top1_final - e2e_top1:+.2f}" if s.top1_final is not None and e2e_top1 is not None else ""
         paper = PAPER_K8.get(method)

@@ -83,8 +83,9 @@ class SweepRunner:
     def run(self) -> int:
         """Run every unfinished run once; 0 when all are done, 1 if any failed, 128 + signal when stopped."""
         self.output.mkdir(parents=True, exist_ok=True)
-        queue = [r for r, s in zip(self.sweep.runs, self.statuses()) if s.state in ("pending", "partial")]
-        busy = [s.name for s in self.statuses() if s.state == "running"]
+        statuses = self.statuses()
+        queue = [r for r, s in zip(self.sweep.runs, statuses) if s.state in ("pending", "partial")]
+        busy = [s.name for s in statuses if s.state == "running"]
         for name in busy:
             self.echo(f"{name}: owned by a live process ({RunLock(self.output, name).owner()}); left alone")
         previous = {signal.SIGINT: signal.signal(signal.SIGINT, self._on_signal),
