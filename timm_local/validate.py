@@ -20,6 +20,8 @@ import torch
 from accelerate import Accelerator
 
 from .data import build_loaders, get_dataset_spec
+from .errors import run_command
+from .train.checkpoint import read_checkpoint
 from .train.args import ParseKwargs
 from .train.metrics import evaluate
 from .train.setup import model_name_for_dataset
@@ -28,7 +30,8 @@ from .train.setup import model_name_for_dataset
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Evaluate a timm_local model (plain backbone forward).",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", required=True, help="timm_local model name, e.g. resnet32_man")
+    parser.add_argument("--model", default=None,
+                        help="timm_local model name, e.g. resnet32_man (default: the training checkpoint's)")
     parser.add_argument("--checkpoint", default="", help="training checkpoint or weights file")
     parser.add_argument("--pretrained", action="store_true", help="load the published weights (Hub)")
     parser.add_argument("--model-kwargs", nargs="*", default={}, action=ParseKwargs, metavar="K=V")
@@ -41,24 +44,44 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cpu", action="store_true")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--results-file", default="", help="also write the JSON results here")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     return parser
 
 
-def checkpoint_model_kwargs(path: str) -> dict:
-    """The ``model_kwargs`` saved in a training checkpoint, else ``{}``."""
+def checkpoint_record(path: str) -> tuple[Optional[str], dict]:
+    """``(arch, model_kwargs)`` saved in a training checkpoint, else ``(None, {})``."""
     if not path or path.endswith(".safetensors"):
-        return {}
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    return dict(checkpoint.get("model_kwargs") or {}) if isinstance(checkpoint, dict) else {}
+        return None, {}
+    checkpoint = read_checkpoint(path)
+    if not isinstance(checkpoint, dict):
+        return None, {}
+    return checkpoint.get("arch"), dict(checkpoint.get("model_kwargs") or {})
+
+
+def load_weights(model: torch.nn.Module, path: str, model_name: str, kwargs: dict, saved_arch: Optional[str],
+                 saved_kwargs: dict) -> None:
+    """``timm.models.load_checkpoint``; a mismatch names the checkpoint's model and this command's, in one line."""
+    try:
+        timm.models.load_checkpoint(model, path)
+    except RuntimeError as error:
+        if "state_dict" not in str(error):
+            raise
+        trained = f"was trained as {saved_arch} with {saved_kwargs}" if saved_arch else "holds another model"
+        raise ValueError(f"--checkpoint {path} {trained}, which does not fit --model {model_name} with {kwargs}: "
+                         f"leave out --model and --model-kwargs to take the checkpoint's") from None
 
 
 def validate(args: argparse.Namespace) -> dict:
+    saved_arch, saved_kwargs = checkpoint_record(args.checkpoint)
+    args.model = args.model or saved_arch
+    if not args.model:
+        raise ValueError("--model is required unless --checkpoint is a training checkpoint (which names its model)")
     accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=args.cpu)
     spec = get_dataset_spec(args.dataset)
-    kwargs = {"num_classes": spec.num_classes, **(args.model_kwargs or checkpoint_model_kwargs(args.checkpoint))}
+    kwargs = {"num_classes": spec.num_classes, **(args.model_kwargs or saved_kwargs)}
     model = timm.create_model(model_name_for_dataset(args.model, spec.name), pretrained=args.pretrained, **kwargs)
     if args.checkpoint:
-        timm.models.load_checkpoint(model, args.checkpoint)
+        load_weights(model, args.checkpoint, args.model, kwargs, saved_arch, saved_kwargs)
     model.to(accelerator.device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -82,7 +105,9 @@ def validate(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    return validate(build_parser().parse_args(argv))
+    """``python validate.py ...``: expected errors are one line (``--debug`` for the traceback)."""
+    args = build_parser().parse_args(argv)
+    return run_command(lambda: validate(args), debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,14 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
+from .optim import WARMUP_START_LR
+
 TIMM_SCHEDULERS = ("cosine", "tanh", "step", "multistep", "plateau", "poly", "wsd")
 SCHEDULERS = ("infopro_cosine",) + TIMM_SCHEDULERS
+DEFAULT_MODEL = "resnet32_infopro"
+# where the warm-up starts when --warmup-lr is not given: the papers' fixed 0.01 (METHODS.md §7.1), timm's 1e-5
+DEFAULT_WARMUP_LR = {"infopro_cosine": WARMUP_START_LR}
+TIMM_WARMUP_LR = 1e-5
 
 
 class ParseKwargs(argparse.Action):
@@ -54,10 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="data loader processes (streamed datasets: ImageNet)")
 
     group = parser.add_argument_group("Model")
-    group.add_argument("--model", default="resnet32_infopro", help="a timm_local model name (timm registry)")
+    group.add_argument("--model", default=None,
+                       help=f"a timm_local model name (timm registry); default: the --resume checkpoint's, else "
+                            f"{DEFAULT_MODEL}")
     group.add_argument("--model-kwargs", nargs="*", default={}, action=ParseKwargs, metavar="K=V",
-                       help="keyword arguments of timm.create_model, e.g. num_local_modules=4 momentum=0.995")
-    group.add_argument("--resume", default="", help="resume from this checkpoint (e.g. <run>/last.pth.tar)")
+                       help="keyword arguments of timm.create_model, e.g. num_local_modules=4 momentum=0.995 "
+                            "(default: the --resume checkpoint's)")
+    group.add_argument("--resume", default="",
+                       help="resume from this checkpoint (e.g. <run>/last.pth.tar): weights, optimizer state, epoch and "
+                            "RNG come from it, the schedule follows this command's flags")
     group.add_argument("-b", "--batch-size", type=int, default=128, help="training batch size per process")
     group.add_argument("-vb", "--validation-batch-size", type=int, default=None,
                        help="evaluation batch size per process (default: the training batch size)")
@@ -76,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="'infopro_cosine' = the papers' per-epoch cosine with linear warm-up; others are timm's")
     group.add_argument("--epochs", type=int, default=160)
     group.add_argument("--warmup-epochs", type=int, default=10)
-    group.add_argument("--warmup-lr", type=float, default=1e-5, help="timm schedulers only")
+    group.add_argument("--warmup-lr", type=float, default=None,
+                       help=f"the lr the warm-up starts from, never above --lr (default: the papers' "
+                            f"{DEFAULT_WARMUP_LR['infopro_cosine']} for infopro_cosine, timm's {TIMM_WARMUP_LR} otherwise)")
     group.add_argument("--min-lr", type=float, default=0.0, help="timm schedulers only")
 
     group = parser.add_argument_group("Run")
@@ -91,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--log-interval", type=int, default=10,
                        help="steps between progress-bar updates and loss finiteness checks (one host sync each)")
     group.add_argument("--log-with", nargs="*", default=None, help="Accelerate trackers, e.g. tensorboard wandb")
+    group.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     group.add_argument("--bench-loader-batches", type=int, default=20,
                        help="batches read by the loader-alone benchmark before training (0: skip)")
     return parser
@@ -108,7 +122,8 @@ def load_config(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
         config = yaml.safe_load(f) or {}
     if not isinstance(config, dict):
         raise ValueError(f"{path}: expected a mapping of option names to values, got {type(config).__name__}")
-    valid = sorted(action.dest for action in parser._actions if action.dest not in ("help", "config"))
+    actions = {action.dest: action for action in parser._actions if action.dest not in ("help", "config")}
+    valid = sorted(actions)
     values = {}
     for key, value in config.items():
         dest = str(key).replace("-", "_")
@@ -116,8 +131,39 @@ def load_config(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
             close = difflib.get_close_matches(dest, valid, n=3, cutoff=0.5)
             hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
             raise ValueError(f"{path}: unknown config key {key!r}{hint} (valid keys: {', '.join(valid)})")
-        values[dest] = value
+        values[dest] = _config_value(path, key, value, actions[dest])
     return values
+
+
+def _config_value(path: str, key: str, value: Any, action: argparse.Action) -> Any:
+    """``value`` converted by the flag's own type and checked against its choices, as argparse does for flags.
+
+    argparse applies neither to defaults, so without this ``epochs: 1.5`` would run as a float. YAML reads
+    ``1e-4`` as a string, which ``float`` converts.
+    """
+    if action.nargs == 0 and action.const is True:  # a store_true flag
+        if not isinstance(value, bool):
+            raise ValueError(f"{path}: config key {key!r} must be true or false, got {value!r}")
+        return value
+    if value is None or action.type is None or isinstance(value, (list, dict)):
+        converted = value
+    elif isinstance(value, bool) or (action.type is int and isinstance(value, float)):
+        converted = None
+    else:
+        try:
+            converted = action.type(value if action.type is not int else str(value))
+        except (TypeError, ValueError):
+            converted = None
+    if converted is None and value is not None:
+        raise ValueError(f"{path}: config key {key!r} must be {_type_name(action.type)}, got {value!r}")
+    if action.choices is not None and converted is not None and converted not in action.choices:
+        raise ValueError(f"{path}: config key {key!r} must be one of {', '.join(map(str, action.choices))}, "
+                         f"got {value!r}")
+    return converted
+
+
+def _type_name(kind: Any) -> str:
+    return {int: "an integer", float: "a number", str: "a string"}.get(kind, getattr(kind, "__name__", str(kind)))
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -132,6 +178,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     args.config = config_args.config
     args.model_kwargs = dict(args.model_kwargs or {})
+    if args.model is None and not args.resume:
+        args.model = DEFAULT_MODEL  # when resuming, train() takes the checkpoint's
+    if args.warmup_lr is None:
+        args.warmup_lr = DEFAULT_WARMUP_LR.get(args.sched, TIMM_WARMUP_LR)
+    if args.lr < 0 or args.warmup_lr < 0:
+        parser.error(f"--lr and --warmup-lr must be >= 0, got {args.lr} and {args.warmup_lr}")
     return args
 
 

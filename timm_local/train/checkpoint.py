@@ -12,7 +12,9 @@ Every value is a tensor or a plain Python container, so ``torch.load(weights_onl
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import zipfile
 from typing import Any, Mapping, Optional
 
 import numpy as np
@@ -74,12 +76,45 @@ def build_checkpoint(*, epoch: int, arch: str, model: torch.nn.Module, optimizer
     return checkpoint
 
 
+class CorruptCheckpointError(ValueError):
+    """A file that ``torch.load(weights_only=True)`` cannot read: truncated, or not a checkpoint at all."""
+
+
+def read_checkpoint(path: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; an unreadable file is a :class:`CorruptCheckpointError`
+    that names the path and the other checkpoint of its run folder when that one is intact.
+
+    torch's own message for these cases suggests ``weights_only=False``, which would execute code from
+    the file; it is not repeated.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, KeyError) as error:
+        raise CorruptCheckpointError(f"{path} is corrupt or not a checkpoint ({type(error).__name__} while "
+                                     f"reading it){_intact_sibling_hint(path)}") from None
+
+
+def _intact_sibling_hint(path: str) -> str:
+    """'; <folder>/model_best.pth.tar is intact ...' when the other checkpoint of the folder loads."""
+    folder, name = os.path.split(os.path.abspath(path))
+    siblings = {"last.pth.tar": "model_best.pth.tar", "model_best.pth.tar": "last.pth.tar"}
+    if name not in siblings or not os.path.isfile(os.path.join(folder, siblings[name])):
+        return ""
+    other = os.path.join(folder, siblings[name])
+    try:
+        epoch = torch.load(other, map_location="cpu", weights_only=True)["epoch"]
+    except Exception:  # noqa: BLE001 - any failure means it is not intact either
+        return f"; {other} is not readable either"
+    return f"; {other} is intact ({epoch + 1} epoch(s) done): use it instead"
+
+
 def load_checkpoint_file(path: str) -> dict[str, Any]:
     """Read a training checkpoint on the CPU with ``weights_only=True``; say clearly what is wrong."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--resume {path}: no such checkpoint file")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    missing = [k for k in ("epoch", "state_dict", "optimizer", "scheduler") if k not in checkpoint]
+    checkpoint = read_checkpoint(path)
+    missing = [k for k in ("epoch", "state_dict", "optimizer", "scheduler") if k not in checkpoint] \
+        if isinstance(checkpoint, dict) else ["everything: it is not a dict"]
     if missing:
         raise ValueError(f"{path} is not a timm_local training checkpoint (missing {missing}); "
                          f"to start from its weights only, load them with timm.models.load_checkpoint")

@@ -6,20 +6,22 @@ named helpers (:mod:`.setup`, :mod:`.run_folder`).
 from __future__ import annotations
 
 import argparse
-import sys
+import os
 from typing import Optional, Sequence
 
 import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from ..errors import run_command
 from ..local import LocalNet, LocalStepOutput
 from .args import parse_args
 from .distributed import GradientSync, prepare_local_modules
 from .metrics import LossMonitor, NonFiniteLossError, evaluate
 from .optim import create_optimizer, create_scheduler
-from .run_folder import RunFolder
-from .setup import build_data, create_accelerator, create_local_model, measure_loader, restore_rng, resume_training
+from .resume import ResumeState, finished_results, load_resume_state, restore_rng, resume_training
+from .run_folder import LAST, RunFolder, count_summary_rows
+from .setup import build_data, create_accelerator, create_local_model, measure_loader
 
 
 def train_step(model: LocalNet, modules: Sequence[torch.nn.Module], optimizer: torch.optim.Optimizer,
@@ -34,16 +36,34 @@ def train_step(model: LocalNet, modules: Sequence[torch.nn.Module], optimizer: t
 
 
 def train(args: argparse.Namespace) -> dict:
-    """Train ``args.model`` on ``args.dataset``; write the run folder; return the results dict."""
-    run = RunFolder(args)  # <output>/<experiment>, the same on every rank
+    """Train ``args.model`` on ``args.dataset``; write the run folder; return the results dict.
+
+    With ``--resume`` the model comes from the checkpoint and the schedule from the flags
+    (:mod:`.resume`); a run that has already finished every epoch asked for is left as it is.
+    """
+    state = load_resume_state(args) if args.resume else None
+    finished = state and finished_results(state, args)
+    if finished:
+        print(f"nothing to do: {args.resume} has finished all {state.epoch} epochs (results.json is there); "
+              f"give --epochs {state.epoch + 1} or more to train longer")
+        return finished
+    run = RunFolder(args)  # <output>/<experiment>, the same on every rank, locked by this run
+    try:
+        return _train_in(run, args, state)
+    finally:
+        run.release()
+
+
+def _train_in(run: RunFolder, args: argparse.Namespace, state: Optional[ResumeState]) -> dict:
     accelerator = create_accelerator(args, project_dir=run.dir)
     model = create_local_model(args, accelerator)
     data = build_data(args, accelerator)
     optimizer = create_optimizer(model, args)
-    scheduler = create_scheduler(optimizer, args)
-    state = resume_training(args.resume, model, optimizer, scheduler, accelerator) if args.resume else None
+    scheduler = create_scheduler(optimizer, args)  # from this command's flags, also when resuming
+    if state:
+        resume_training(state, args.resume, model, optimizer, accelerator)
     modules, optimizer, sync = prepare_local_modules(accelerator, model, optimizer)
-    run.begin(model, accelerator, start_epoch=state.epoch if state else 0, checkpoint=state and state.checkpoint)
+    run.begin(model, accelerator, resume=state)
     run.loader_batches_per_sec = measure_loader(data.train, args.bench_loader_batches, accelerator.device)
     restore_rng(state, accelerator)
 
@@ -72,12 +92,19 @@ def train(args: argparse.Namespace) -> dict:
     return run.finish()
 
 
+def resume_hint(args: argparse.Namespace, error: BaseException) -> str:
+    """How to continue after a stop: the run folder's ``last.pth.tar`` if one was written, else start again."""
+    folder = os.path.join(args.output, args.experiment) if args.experiment else ""
+    last = os.path.join(folder, LAST)
+    lower_lr = " with a lower --lr (or fix the model)" if isinstance(error, NonFiniteLossError) else ""
+    if folder and os.path.isfile(last):
+        return (f"the last checkpoint, written before this, is intact: resume{lower_lr} with --resume {last} "
+                f"({count_summary_rows(folder)} epoch(s) done)")
+    return f"no checkpoint was written (the first epoch had not finished): start the run again{lower_lr}"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    """``python train.py [--config file.yaml] [flags]``: see ``--help``."""
+    """``python train.py [--config file.yaml] [flags]``: see ``--help``. Expected errors are one line (``--debug``)."""
     args = parse_args(argv)
-    try:
-        train(args)
-    except NonFiniteLossError as error:
-        print(f"\nerror: training stopped: {error}. The last checkpoint written before it is kept; resume "
-              f"with a lower --lr (or fix the model) using --resume <run>/last.pth.tar.", file=sys.stderr)
-        sys.exit(1)
+    run_command(lambda: train(args), debug=args.debug, recovery=lambda error: resume_hint(args, error),
+                stopped=(NonFiniteLossError,))

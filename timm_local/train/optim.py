@@ -64,11 +64,14 @@ class InfoProCosineScheduler(Scheduler):
 def create_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace) -> Scheduler:
     """``infopro_cosine`` (the papers' schedule), or one of timm's through ``create_scheduler_v2``.
 
-    All are stepped once per epoch: ``scheduler.step(epoch)`` sets the lr of 0-based ``epoch``.
+    All are stepped once per epoch: ``scheduler.step(epoch)`` sets the lr of 0-based ``epoch``. The
+    warm-up starts at min(``--warmup-lr``, ``--lr``), so a warm-up never raises the lr above ``--lr``
+    (``--lr 0`` trains at 0); the papers' recipe (lr0 0.8, warm-up from 0.01) is unchanged.
     """
+    warmup_start = min(args.warmup_lr, args.lr)
     if args.sched == "infopro_cosine":
-        return InfoProCosineScheduler(optimizer, args.epochs, args.warmup_epochs)
+        return InfoProCosineScheduler(optimizer, args.epochs, args.warmup_epochs, warmup_start)
     scheduler, _ = create_scheduler_v2(optimizer, sched=args.sched, num_epochs=args.epochs,
-                                       warmup_epochs=args.warmup_epochs, warmup_lr=args.warmup_lr,
+                                       warmup_epochs=args.warmup_epochs, warmup_lr=warmup_start,
                                        min_lr=args.min_lr)
     return scheduler

@@ -3,6 +3,10 @@
 Files (the run-directory contract): ``args.yaml``, ``summary.csv`` (one row per epoch),
 ``last.pth.tar`` (every epoch) and ``model_best.pth.tar`` (best eval top-1), ``results.json``
 (at the end). Only the main process writes; every rank takes part in the collectives.
+
+A run folder belongs to one live run: ``.lock`` holds its ``pid@host`` (:mod:`timm_local.pidlock`),
+and a folder that already holds a checkpoint or ``results.json`` is only ever continued by
+``--resume`` from its own checkpoint, never overwritten (:func:`claim_run_folder`).
 """
 from __future__ import annotations
 
@@ -18,16 +22,52 @@ from typing import Any, Optional
 import torch
 from accelerate import Accelerator, PartialState
 
-from ..local import LocalNet
-from .args import args_to_dict
 from ..io import atomic_save
+from ..local import LocalNet
+from ..pidlock import PidLock
+from .args import args_to_dict
 from .checkpoint import build_checkpoint, capture_rng_states
 from .distributed import gather_objects
 from .metrics import LossMonitor
 from .outputs import (SummaryCsv, device_name, package_versions, peak_memory_mb, reset_peak_memory, summary_columns,
                       write_args_yaml, write_json)
 
-LAST, BEST = "last.pth.tar", "model_best.pth.tar"
+LAST, BEST, RESULTS, RUN_LOCK = "last.pth.tar", "model_best.pth.tar", "results.json", ".lock"
+WORTH_KEEPING = (LAST, BEST, RESULTS)  # a folder holding any of these has a run that must not be overwritten
+
+
+def count_summary_rows(folder: str) -> int:
+    """Epochs recorded in ``<folder>/summary.csv`` (each only once its checkpoint was written)."""
+    try:
+        with open(os.path.join(folder, "summary.csv")) as f:
+            return max(sum(1 for _ in f) - 1, 0)
+    except OSError:
+        return 0
+
+
+class RunFolderError(ValueError):
+    """The run folder is in use by another live run, or holds a run this command would overwrite."""
+
+
+def claim_run_folder(run_dir: str, resume: str) -> PidLock:
+    """Lock ``run_dir`` for this process, or raise :class:`RunFolderError` naming the problem and the fix.
+
+    Refused: a folder locked by a live process, and a folder holding a checkpoint or ``results.json``
+    unless this command resumes from a checkpoint in that very folder. A folder with nothing worth
+    keeping (a run killed before its first checkpoint) is reused.
+    """
+    lock = PidLock(os.path.join(run_dir, RUN_LOCK))
+    resuming_here = bool(resume) and os.path.dirname(os.path.abspath(resume)) == os.path.abspath(run_dir)
+    existing = [name for name in WORTH_KEEPING if os.path.isfile(os.path.join(run_dir, name))]
+    if existing and not resuming_here:
+        hint = f"resume it with --resume {os.path.join(run_dir, LAST)}" if LAST in existing else "delete it"
+        raise RunFolderError(f"run folder {run_dir} already holds a run ({', '.join(existing)}): {hint}, or choose "
+                             f"another --experiment (nothing was overwritten)")
+    owner = lock.try_acquire()
+    if owner is not None:
+        raise RunFolderError(f"run folder {run_dir} is in use by the live run {owner}: wait for it to end, or choose "
+                             f"another --experiment")
+    return lock
 
 
 def resolve_run_dir(args: argparse.Namespace) -> str:
@@ -52,15 +92,43 @@ class RunFolder:
     """Writes the run folder. ``begin`` once the model exists, ``end_epoch`` after each evaluation, ``finish``."""
 
     def __init__(self, args: argparse.Namespace):
+        """Resolve and claim the folder (every rank raises the main process's :class:`RunFolderError`).
+
+        ``args.output`` / ``args.experiment`` are set to the folder actually used, so args.yaml records it.
+        """
         self.args = args
         self.dir = resolve_run_dir(args)
+        args.output, args.experiment = os.path.dirname(self.dir), os.path.basename(self.dir)
         self.loader_batches_per_sec: Optional[float] = None
+        self._lock: Optional[PidLock] = None
+        state, problem = PartialState(cpu=args.cpu), None
+        if state.is_main_process:
+            try:
+                self._lock = claim_run_folder(self.dir, args.resume)
+            except RunFolderError as error:
+                problem = str(error)
+        if state.num_processes > 1:
+            box = [problem]
+            torch.distributed.broadcast_object_list(box, src=0)
+            problem = box[0]
+        if problem:
+            raise RunFolderError(problem)
 
-    def begin(self, model: LocalNet, accelerator: Accelerator, start_epoch: int = 0,
-              checkpoint: Optional[dict] = None) -> None:
-        self.model, self.accelerator, self.start_epoch = model, accelerator, start_epoch
+    def release(self) -> None:
+        """Give up the folder's lock (at the end of the run, also when it fails)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def begin(self, model: LocalNet, accelerator: Accelerator, resume: Optional[Any] = None) -> None:
+        """Write args.yaml and the summary header; ``resume`` is the :class:`~.resume.ResumeState`, if any."""
+        self.model, self.accelerator = model, accelerator
+        self.start_epoch = resume.epoch if resume else 0
         self.arch = self.args.model
-        previous = (checkpoint or {}).get("run_state", {})
+        previous = resume.checkpoint.get("run_state", {}) if resume else {}
+        self.resumes: list[dict] = list(previous.get("resumes", []))
+        if resume:
+            self.resumes.append({"epoch": self.start_epoch, "changed": resume.changed})
         self.best_metric: Optional[float] = previous.get("best_metric")
         self.best_epoch: Optional[int] = previous.get("best_epoch")
         self.history: dict[str, list] = {k: list(previous.get(k, [])) for k in ("images_per_sec", "peak_memory_mb",
@@ -71,10 +139,9 @@ class RunFolder:
         self.args_dict = args_to_dict(self.args)
         self.args_dict["num_local_modules"] = model.num_local_modules
         if accelerator.is_main_process:
-            os.makedirs(self.dir, exist_ok=True)
             write_args_yaml(self.path("args.yaml"), {**self.args_dict, "mixed_precision": accelerator.mixed_precision,
                                                      "world_size": accelerator.num_processes})
-            self.summary = SummaryCsv(self.path("summary.csv"), summary_columns(model.num_local_modules), start_epoch)
+            self.summary = SummaryCsv(self.path("summary.csv"), summary_columns(model.num_local_modules), self.start_epoch)
         if self.args.log_with:
             accelerator.init_trackers(os.path.basename(self.dir), config=_flat(self.args_dict))
         accelerator.print(f"run folder: {self.dir}\n{model.num_local_modules} local modules "
@@ -117,7 +184,6 @@ class RunFolder:
         self.last_metrics = metrics
         rng_states = gather_objects(acc, capture_rng_states())
         if acc.is_main_process:
-            self.summary.append(row)
             checkpoint = build_checkpoint(
                 epoch=epoch, arch=self.arch, model=self.model, optimizer=optimizer, scheduler=scheduler,
                 args=self.args_dict, model_kwargs=dict(self.args_dict["model_kwargs"]), metric=metrics["eval_top1"],
@@ -126,6 +192,7 @@ class RunFolder:
             atomic_save(checkpoint, self.path(LAST))
             if is_best:
                 atomic_save(checkpoint, self.path(BEST))
+            self.summary.append(row)  # only once the epoch's checkpoint is on disk
         if self.args.log_with:
             acc.log({k: v for k, v in row.items() if k != "epoch"} | {"train_top1": monitor.train_top1()}, step=epoch)
         acc.print(self._epoch_line(epoch, row, monitor))
@@ -147,7 +214,8 @@ class RunFolder:
 
     def _run_state(self) -> dict[str, Any]:
         return {"best_metric": self.best_metric, "best_epoch": self.best_epoch, "last_metrics": self.last_metrics,
-                "wall_time_s": self.wall_time_before + time.perf_counter() - self.started, **self.history}
+                "wall_time_s": self.wall_time_before + time.perf_counter() - self.started, "resumes": self.resumes,
+                **self.history}
 
     # ------------------------------------------------------------------ end
     def finish(self) -> dict[str, Any]:
@@ -178,9 +246,10 @@ class RunFolder:
             "loader_batches_per_sec": self.loader_batches_per_sec,
             "world_size": acc.num_processes,
             "mixed_precision": acc.mixed_precision,
+            "resumes": self.resumes,  # [{epoch, changed: {flag: [old, new]}}] for every resume
         }
         if acc.is_main_process:
-            write_json(self.path("results.json"), results)
+            write_json(self.path(RESULTS), results)
         if self.args.log_with:
             acc.end_training()
         return results

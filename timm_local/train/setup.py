@@ -1,10 +1,9 @@
-"""Set-up steps of :func:`~timm_local.train.loop.train`: accelerator, model, data, resume, loader benchmark."""
+"""Set-up steps of :func:`~timm_local.train.loop.train`: accelerator, model, data, loader benchmark."""
 from __future__ import annotations
 
 import argparse
 import itertools
-from dataclasses import dataclass
-from typing import Any, Iterable, Optional
+from typing import Iterable, Optional
 
 import timm
 import torch
@@ -15,7 +14,6 @@ from ..data import Loaders, build_loaders
 from ..data.bench_loader import benchmark_loader
 from ..data.specs import get_dataset_spec
 from ..local import LocalNet
-from .checkpoint import load_checkpoint_file, restore_rng_states
 from .distributed import check_distributed_type
 
 
@@ -72,39 +70,6 @@ def build_data(args: argparse.Namespace, accelerator: Accelerator) -> Loaders:
         rank=accelerator.process_index, world_size=accelerator.num_processes, seed=args.seed,
         channels_last=args.channels_last, workers=args.workers,
         image_size=None if spec.in_memory else args.model_kwargs.get("img_size"))
-
-
-@dataclass
-class ResumeState:
-    """What :func:`resume_training` recovered besides the model/optimizer/scheduler states."""
-
-    epoch: int  # the first epoch still to run
-    checkpoint: dict[str, Any]
-
-
-def resume_training(path: str, model: LocalNet, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    accelerator: Accelerator) -> ResumeState:
-    """Load model (momentum copies included), optimizer, scheduler and AMP scaler from a ``last.pth.tar``."""
-    checkpoint = load_checkpoint_file(path)
-    model.load_state_dict(checkpoint["state_dict"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    scheduler.load_state_dict(checkpoint["scheduler"])
-    if accelerator.scaler is not None and "amp_scaler" in checkpoint:
-        accelerator.scaler.load_state_dict(checkpoint["amp_scaler"])
-    accelerator.print(f"resumed from {path}: epoch {checkpoint['epoch'] + 1} done")
-    return ResumeState(epoch=checkpoint["epoch"] + 1, checkpoint=checkpoint)
-
-
-def restore_rng(state: Optional[ResumeState], accelerator: Accelerator) -> None:
-    """Put back this rank's Python/NumPy/torch RNG states saved with the checkpoint (if resuming)."""
-    if state is None:
-        return
-    saved = state.checkpoint.get("rng_states") or []
-    if len(saved) != accelerator.num_processes:
-        accelerator.print(f"warning: the checkpoint holds RNG states of {len(saved)} processes, this run has "
-                          f"{accelerator.num_processes}: RNG states not restored (the data order still is)")
-        return
-    restore_rng_states(saved[accelerator.process_index])
 
 
 def measure_loader(loader: Iterable, num_batches: int, device: torch.device) -> Optional[float]:
