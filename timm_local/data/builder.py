@@ -101,7 +101,8 @@ def build_loaders(
         workers: DataLoader workers of streamed sets (default min(8, CPUs)); unused for in-memory sets.
         image_size: train crop size of streamed sets (default ``spec.image_size``, 224 for ImageNet); for
             in-memory sets it must be ``None`` or the native size.
-        cache_dir: folder for decoded tensors (default next to the data, else ``$TIMM_LOCAL_CACHE``).
+        cache_dir: folder for decoded tensors (default ``$TIMM_LOCAL_CACHE``, else ``~/.cache/timm_local``;
+            nothing is written into ``data_dir``).
         hf_cache_dir: ``datasets`` cache for the arrow copy of streamed sets (default: HF's).
 
     Raises:
