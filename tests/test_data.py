@@ -349,6 +349,56 @@ def test_bad_max_samples(tmp_path):
 # -------------------------------------------------------------------------------------------- decode
 
 
+def _replace_image_bytes(parquet: Path, column: str, row: int, new_bytes) -> None:
+    """Rewrite one image cell of a parquet file (everything else, schema metadata included, kept)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(parquet)
+    cells = table.column(column).to_pylist()
+    cells[row] = {**cells[row], "bytes": new_bytes(cells[row]["bytes"])}
+    i = table.schema.get_field_index(column)
+    pq.write_table(table.set_column(i, table.schema.field(i), pa.array(cells, type=table.schema.field(i).type)),
+                   parquet)
+
+
+@pytest.mark.parametrize("split,row,damage,reason", [
+    ("train", 3, lambda b: b[: len(b) // 2], "truncated or damaged PNG data"),
+    ("test", 1, lambda b: b"<html>404 Not Found</html>", "26 bytes in no image format PIL reads"),
+])
+def test_corrupt_image_in_memory_names_split_row_column_and_file(tmp_path, split, row, damage, reason):
+    root = write_synthetic_copy("cifar10", tmp_path / "c", num_train=5, num_eval=3)
+    parquet = root / "plain_text" / f"{split}-00000-of-00001.parquet"
+    _replace_image_bytes(parquet, "img", row, damage)
+    with pytest.raises(ValueError) as e:
+        build_loaders("cifar10", root, 8)
+    msg = str(e.value)
+    assert type(e.value).__name__ == "CorruptImageError" and "\n" not in msg
+    assert f"row {row} of split {split!r} of {root.resolve()}" in msg and "column 'img'" in msg
+    assert f"file {parquet.resolve()}, its row {row}" in msg and reason in msg
+    assert "download it again" in msg and "remove the row" in msg
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_corrupt_jpeg_in_streamed_split_is_one_line_from_the_workers(tmp_path, workers):
+    from timm_local.data.decode import CorruptImageError
+
+    root = write_synthetic_copy("imagenet", tmp_path / "imagenet", num_train=6, num_eval=2)
+    parquet = root / "data" / "train-00000-of-00001.parquet"
+    _replace_image_bytes(parquet, "image", 4, lambda b: b[: len(b) // 2])
+    loaders = build_loaders("imagenet", root, batch_size=3, image_size=32, workers=workers,
+                            hf_cache_dir=tmp_path / "hf")
+    assert [y.tolist() for _, y in loaders.eval] == [[1, 2]]  # the intact split still loads
+    with pytest.raises(CorruptImageError) as e:
+        for _ in loaders.train:
+            pass
+    msg = str(e.value)
+    assert "\n" not in msg and "Caught" not in msg  # not DataLoader's wrapped worker traceback
+    assert f"row 4 of split 'train' of {root.resolve()}" in msg and "column 'image'" in msg
+    assert f"file {parquet.resolve()}, its row 4" in msg and "truncated or damaged JPEG data" in msg
+
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torchvision.io decoders, deprecated in 0.29
 @pytest.mark.parametrize("fmt,mode", [("PNG", "L"), ("PNG", "RGBA"), ("PNG", "P"), ("JPEG", "L"), ("JPEG", "CMYK"),
                                       ("JPEG", "RGB"), ("BMP", "RGB"), ("WEBP", "RGB")])
