@@ -48,3 +48,34 @@ def test_no_hint_names_the_removed_huggingface_cli():
     offenders = [f for f in files if f.endswith((".py", ".md", ".yaml", ".toml"))
                  and re.search(r"huggingface-cli\s+(download|login|upload)", (REPO / f).read_text())]
     assert offenders == []
+
+
+# ------------------------------------------------------------------------------ model arguments
+
+
+@pytest.mark.parametrize("name,kwargs,closest", [
+    ("resnet32_man", dict(num_local_modul=8), "num_local_modules"),  # a localize argument
+    ("resnet32_man", dict(momentun=0.99), "momentum"),  # a method option
+    ("resnet32_infopro", dict(in_chan=1), "in_chans"),  # a backbone argument
+    ("resnet50_dgl", dict(img_siz=160), "img_size"),  # timm's ResNet, an argument of the registered variant
+    ("vit_tiny_patch16_224_dgl", dict(num_local_module=2), "num_local_modules"),
+])
+def test_misspelled_argument_suggests_the_closest_valid_name(name, kwargs, closest):
+    import timm
+
+    with pytest.raises(ValueError) as e:
+        timm.create_model(name, **kwargs)
+    msg = str(e.value)
+    assert isinstance(e.value, TypeError)  # as timm's own models answer an unexpected keyword
+    assert f"has no option {next(iter(kwargs))!r}; did you mean {closest!r}?" in msg and "\n" not in msg
+    assert "num_local_modules" in msg.split("(valid: ")[1]  # the list covers every part of the model
+
+
+def test_localize_suggests_method_options():
+    import timm
+
+    import timm_local
+
+    backbone = timm.create_model("resnet32_e2e").backbone
+    with pytest.raises(ValueError, match=r"method 'man' has no option 'ema_int'; did you mean 'ema_init'\?"):
+        timm_local.localize(backbone, method="man", num_local_modules=2, ema_int=True)
