@@ -79,3 +79,27 @@ def test_localize_suggests_method_options():
     backbone = timm.create_model("resnet32_e2e").backbone
     with pytest.raises(ValueError, match=r"method 'man' has no option 'ema_int'; did you mean 'ema_init'\?"):
         timm_local.localize(backbone, method="man", num_local_modules=2, ema_int=True)
+
+
+@pytest.mark.parametrize("value", ["two", 2.5, "8", True])
+def test_non_integer_num_local_modules_names_the_key(value):
+    import timm
+
+    with pytest.raises(ValueError) as e:
+        timm.create_model("resnet32_man", num_local_modules=value)
+    assert str(e.value) == (f"num_local_modules takes integers (the number of local modules, e.g. "
+                            f"num_local_modules=4), got {value!r} of type {type(value).__name__}")
+
+
+def test_non_integer_split_names_the_key():
+    import timm
+
+    with pytest.raises(ValueError, match=r"split takes integers \(block indices, e.g. split=\[5, 10\]\), got 2.5"):
+        timm.create_model("resnet32_dgl", split=[2.5, 6])
+
+
+def test_integer_like_counts_still_work():
+    import numpy as np
+    import timm
+
+    assert timm.create_model("resnet32_dgl", num_local_modules=np.int64(2)).num_local_modules == 2
