@@ -103,3 +103,40 @@ def test_integer_like_counts_still_work():
     import timm
 
     assert timm.create_model("resnet32_dgl", num_local_modules=np.int64(2)).num_local_modules == 2
+
+
+# ---------------------------------------------------------------------------------- input size
+
+
+@pytest.fixture(scope="module")
+def dgl32():
+    import timm
+
+    return timm.create_model("resnet32_dgl", num_local_modules=2)
+
+
+def test_local_step_channel_mismatch_says_in_chans(dgl32):
+    import torch
+
+    with pytest.raises(ValueError) as e:
+        dgl32.local_step(torch.randn(2, 1, 32, 32), torch.zeros(2, dtype=torch.long))
+    msg = str(e.value)
+    assert "expected 3-channel images" in msg and "in_chans=1" in msg and "img_size" not in msg
+
+
+@pytest.mark.parametrize("shape,img_size", [((64, 64), "img_size=64"), ((64, 48), "img_size=(64, 48)")])
+def test_local_step_spatial_mismatch_says_the_images_size(dgl32, shape, img_size):
+    import torch
+
+    with pytest.raises(ValueError) as e:
+        dgl32.forward_local(torch.randn(2, 3, *shape), torch.zeros(2, dtype=torch.long))
+    msg = str(e.value)
+    assert msg == (f"got {shape[0]}×{shape[1]} images but the model's aux nets are built for 32×32: create the "
+                   f"model with {img_size}, or resize the images to 32×32")
+
+
+def test_local_step_unbatched_image(dgl32):
+    import torch
+
+    with pytest.raises(ValueError, match=r"shape \(B, 3, 32, 32\), got a tensor of shape \(3, 32, 32\).*x\[None\]"):
+        dgl32.local_step(torch.randn(3, 32, 32), torch.zeros(1, dtype=torch.long))
