@@ -5,6 +5,14 @@ import torch
 import timm_local  # noqa: F401  (registers the models)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _timm_local_cache(tmp_path_factory):
+    """The decoded-data cache (``$TIMM_LOCAL_CACHE``) in a temporary folder, not ~/.cache; subprocesses inherit it."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TIMM_LOCAL_CACHE", str(tmp_path_factory.mktemp("timm_local_cache")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

@@ -27,15 +27,12 @@ REAL_CIFAR = Path(__file__).parents[1] / ".." / "shared" / "datasets" / "cifar10
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _isolated_caches(tmp_path_factory):
-    """Keep datasets' cache and our fallback cache out of the home directory."""
+def _isolated_hf_cache(tmp_path_factory):
+    """Keep datasets' cache out of the home directory (ours is in a temporary folder: conftest.py)."""
     import datasets.config
 
-    hf = tmp_path_factory.mktemp("hf_cache")
-    ours = tmp_path_factory.mktemp("timm_local_cache")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(datasets.config, "HF_DATASETS_CACHE", str(hf))
-        mp.setenv("TIMM_LOCAL_CACHE", str(ours))
+        mp.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path_factory.mktemp("hf_cache")))
         yield
 
 
@@ -199,11 +196,22 @@ def test_real_cifar10_relative_path(monkeypatch):
 # --------------------------------------------------------------------------------------------- cache
 
 
-def test_cache_hit_skips_decode_and_key_follows_the_files(tmp_path, monkeypatch):
+def _files_under(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*") if p.is_file()}
+
+
+def test_cache_hit_skips_decode_and_key_follows_the_bytes(tmp_path, monkeypatch):
     spec = get_dataset_spec("cifar10")
+    import pyarrow.parquet as pq
+
     root = write_synthetic_copy("cifar10", tmp_path / "c", num_train=5, num_eval=2)
+    parquet = root / "plain_text" / "train-00000-of-00001.parquet"
+    plain = dict(compression="none", use_dictionary=False, write_statistics=False)  # size independent of order
+    pq.write_table(pq.read_table(parquet), parquet, **plain)
+    data_files = _files_under(root)
     first = load_tensor_split(spec, root, "train")
-    assert not first.from_cache and first.cache_file.parent == root / ".timm_local_cache"
+    assert not first.from_cache and first.cache_file.parent == data_cache.default_cache_dir()
+    assert _files_under(root) == data_files  # a writable data dir gets nothing of ours
     assert not list(first.cache_file.parent.glob("*.tmp"))  # atomic write left no temp file
 
     def no_decode(*a, **k):
@@ -216,39 +224,55 @@ def test_cache_hit_skips_decode_and_key_follows_the_files(tmp_path, monkeypatch)
         assert torch.equal(second.labels, first.labels) and second.label_names == CIFAR10_LABELS
         head = load_tensor_split(spec, root, "train", max_samples=3)  # sliced from the full entry
         assert head.from_cache and torch.equal(head.images, first.images[:3])
+        st = parquet.stat()
+        os.utime(parquet, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # same bytes, newer mtime: same entry
+        assert load_tensor_split(spec, root, "train").from_cache
 
-    write_synthetic_copy("cifar10", root, num_train=5, num_eval=2, seed=1)  # replace the parquet files
+    # Other bytes of the same size and mtime (rows reversed) are another entry, not the stale one.
+    st = parquet.stat()
+    pq.write_table(pq.read_table(parquet)[::-1], parquet, **plain)
+    os.utime(parquet, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert parquet.stat().st_size == st.st_size  # else this would not test what it says
     third = load_tensor_split(spec, root, "train")
     assert not third.from_cache and third.cache_file != first.cache_file
-    assert not torch.equal(third.images, first.images)
-    parquet = root / "plain_text" / "train-00000-of-00001.parquet"
-    st = parquet.stat()
-    os.utime(parquet, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # same bytes, newer mtime: new key
-    assert not load_tensor_split(spec, root, "train").from_cache
+    assert torch.equal(third.images, first.images.flip(0))
 
 
-def test_cache_key_covers_split_and_max_samples(tmp_path):
-    f = tmp_path / "a.parquet"
+def test_cache_key_covers_split_max_samples_path_and_bytes(tmp_path):
+    f, g = tmp_path / "a.parquet", tmp_path / "b.parquet"
     f.write_bytes(b"x")
-    keys = {data_cache.cache_key("cifar10", s, n, [str(f)]) for s in ("train", "test") for n in (None, 10)}
-    assert len(keys) == 4
+    g.write_bytes(b"y")
+    keys = {data_cache.cache_key("cifar10", s, n, data_cache.fingerprints([str(p)]))
+            for s in ("train", "test") for n in (None, 10) for p in (f, g)}
+    assert len(keys) == 8
+    g.write_bytes(b"x")  # same bytes at another path: still another entry (the path is part of the key)
+    assert data_cache.fingerprints([str(f)])[0]["sha256"] == data_cache.fingerprints([str(g)])[0]["sha256"]
+    assert data_cache.cache_key("cifar10", "train", None, data_cache.fingerprints([str(f)])) != \
+        data_cache.cache_key("cifar10", "train", None, data_cache.fingerprints([str(g)]))
 
 
-def test_read_only_data_dir_falls_back_to_env_cache(tmp_path, monkeypatch):
-    root = write_synthetic_copy("cifar10", tmp_path / "ro", num_train=2, num_eval=2)
+def test_cache_goes_to_the_user_cache_dir_never_the_data_dir(tmp_path, monkeypatch):
+    root = write_synthetic_copy("cifar10", tmp_path / "data", num_train=2, num_eval=2)
+    data_files = _files_under(root)
+    spec = get_dataset_spec("cifar10")
     monkeypatch.setenv("TIMM_LOCAL_CACHE", str(tmp_path / "env_cache"))
-    modes = {p: p.stat().st_mode for p in [root, *root.rglob("*")]}
-    try:
-        for p in modes:
-            p.chmod(0o555 if p.is_dir() else 0o444)
-        split = load_tensor_split(get_dataset_spec("cifar10"), root, "train")
-    finally:
-        for p, mode in modes.items():
-            p.chmod(mode)
-    assert split.cache_file.parent == tmp_path / "env_cache"
-    assert not (root / ".timm_local_cache").exists()
-    explicit = load_tensor_split(get_dataset_spec("cifar10"), root, "test", cache_dir=tmp_path / "mine")
+    assert load_tensor_split(spec, root, "train").cache_file.parent == tmp_path / "env_cache"
+    monkeypatch.delenv("TIMM_LOCAL_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert load_tensor_split(spec, root, "train").cache_file.parent == tmp_path / "xdg" / "timm_local"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert data_cache.default_cache_dir() == tmp_path / "home" / ".cache" / "timm_local"
+    explicit = load_tensor_split(spec, root, "test", cache_dir=tmp_path / "mine")
     assert explicit.cache_file.parent == tmp_path / "mine"
+    assert _files_under(root) == data_files
+
+
+def test_unwritable_cache_dir_names_the_variable(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(PermissionError, match=r"cannot write the decoded-data cache folder .*TIMM_LOCAL_CACHE="):
+        data_cache.cache_root(blocker / "cache")
 
 
 # -------------------------------------------------------------------------------------------- errors
@@ -323,6 +347,56 @@ def test_bad_max_samples(tmp_path):
 
 
 # -------------------------------------------------------------------------------------------- decode
+
+
+def _replace_image_bytes(parquet: Path, column: str, row: int, new_bytes) -> None:
+    """Rewrite one image cell of a parquet file (everything else, schema metadata included, kept)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(parquet)
+    cells = table.column(column).to_pylist()
+    cells[row] = {**cells[row], "bytes": new_bytes(cells[row]["bytes"])}
+    i = table.schema.get_field_index(column)
+    pq.write_table(table.set_column(i, table.schema.field(i), pa.array(cells, type=table.schema.field(i).type)),
+                   parquet)
+
+
+@pytest.mark.parametrize("split,row,damage,reason", [
+    ("train", 3, lambda b: b[: len(b) // 2], "truncated or damaged PNG data"),
+    ("test", 1, lambda b: b"<html>404 Not Found</html>", "26 bytes in no image format PIL reads"),
+])
+def test_corrupt_image_in_memory_names_split_row_column_and_file(tmp_path, split, row, damage, reason):
+    root = write_synthetic_copy("cifar10", tmp_path / "c", num_train=5, num_eval=3)
+    parquet = root / "plain_text" / f"{split}-00000-of-00001.parquet"
+    _replace_image_bytes(parquet, "img", row, damage)
+    with pytest.raises(ValueError) as e:
+        build_loaders("cifar10", root, 8)
+    msg = str(e.value)
+    assert type(e.value).__name__ == "CorruptImageError" and "\n" not in msg
+    assert f"row {row} of split {split!r} of {root.resolve()}" in msg and "column 'img'" in msg
+    assert f"file {parquet.resolve()}, its row {row}" in msg and reason in msg
+    assert "download it again" in msg and "remove the row" in msg
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_corrupt_jpeg_in_streamed_split_is_one_line_from_the_workers(tmp_path, workers):
+    from timm_local.data.decode import CorruptImageError
+
+    root = write_synthetic_copy("imagenet", tmp_path / "imagenet", num_train=6, num_eval=2)
+    parquet = root / "data" / "train-00000-of-00001.parquet"
+    _replace_image_bytes(parquet, "image", 4, lambda b: b[: len(b) // 2])
+    loaders = build_loaders("imagenet", root, batch_size=3, image_size=32, workers=workers,
+                            hf_cache_dir=tmp_path / "hf")
+    assert [y.tolist() for _, y in loaders.eval] == [[1, 2]]  # the intact split still loads
+    with pytest.raises(CorruptImageError) as e:
+        for _ in loaders.train:
+            pass
+    msg = str(e.value)
+    assert "\n" not in msg and "Caught" not in msg  # not DataLoader's wrapped worker traceback
+    assert f"row 4 of split 'train' of {root.resolve()}" in msg and "column 'image'" in msg
+    assert f"file {parquet.resolve()}, its row 4" in msg and "truncated or damaged JPEG data" in msg
+
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torchvision.io decoders, deprecated in 0.29

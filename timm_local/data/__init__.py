@@ -6,7 +6,7 @@ Modules, one job each:
     specs          DatasetSpec per benchmark (Hub id, config, columns, splits, mean/std, augmentation)
     source         resolve a --data-dir copy (or the Hub id), offline guard, layout checks and hints
     decode         encoded PNG/JPEG bytes -> uint8 tensors, with size/label checks
-    cache          decoded-split cache on disk (keyed by source files, written atomically)
+    cache          decoded-split cache in ~/.cache/timm_local (keyed by the files' path and bytes, atomic writes)
     memory         decode-once-and-cache a small split into a uint8 N×C×H×W tensor
     augment        pad-crop / flip / normalise a whole batch on the device
     sharding       per-epoch order and DDP shards (DistributedSampler semantics)

@@ -23,9 +23,9 @@ import torch
 
 from .augment import EvalTransform, TrainAugment
 from .memory import check_max_samples, load_tensor_split
-from .source import label_names_of, resolve_source
+from .source import DataSource, label_names_of, resolve_source
 from .specs import DatasetSpec, get_dataset_spec
-from .stream_loader import HFImageTransform, StreamLoader, imagenet_transforms
+from .stream_loader import HFImageDataset, StreamLoader, imagenet_transforms
 from .tensor_loader import TensorLoader
 
 __all__ = ["Loaders", "build_loaders", "main_process_first"]
@@ -101,7 +101,8 @@ def build_loaders(
         workers: DataLoader workers of streamed sets (default min(8, CPUs)); unused for in-memory sets.
         image_size: train crop size of streamed sets (default ``spec.image_size``, 224 for ImageNet); for
             in-memory sets it must be ``None`` or the native size.
-        cache_dir: folder for decoded tensors (default next to the data, else ``$TIMM_LOCAL_CACHE``).
+        cache_dir: folder for decoded tensors (default ``$TIMM_LOCAL_CACHE``, else ``~/.cache/timm_local``;
+            nothing is written into ``data_dir``).
         hf_cache_dir: ``datasets`` cache for the arrow copy of streamed sets (default: HF's).
 
     Raises:
@@ -144,22 +145,24 @@ def build_loaders(
         train_tf, eval_tf = imagenet_transforms(size, spec.crop_pct, spec.hflip)
         workers = _default_workers() if workers is None else int(workers)
         normalize = EvalTransform(spec.mean, spec.std, channels_last)
-        train_loader = StreamLoader(_prepare_hf(spec, train_ds, max_train_samples, train_tf), batch_size,
-                                    normalize=normalize, shuffle=True, drop_last=drop_last, even_shards=True,
-                                    workers=workers, **common)
-        eval_loader = StreamLoader(_prepare_hf(spec, test_ds, max_eval_samples, eval_tf), eval_batch_size,
-                                   normalize=normalize, shuffle=False, drop_last=False, even_shards=False,
-                                   workers=workers, **common)
+        train_rows = _prepare_hf(source, spec.train_split, train_ds, max_train_samples, train_tf)
+        eval_rows = _prepare_hf(source, spec.eval_split, test_ds, max_eval_samples, eval_tf)
+        train_loader = StreamLoader(train_rows, batch_size, normalize=normalize, shuffle=True, drop_last=drop_last,
+                                    even_shards=True, workers=workers, **common)
+        eval_loader = StreamLoader(eval_rows, eval_batch_size, normalize=normalize, shuffle=False, drop_last=False,
+                                   even_shards=False, workers=workers, **common)
     return Loaders(train_loader, eval_loader, spec, spec.num_classes, tuple(label_names), size, spec.mean,
                    spec.std)
 
 
-def _prepare_hf(spec: DatasetSpec, ds, max_samples: Optional[int], transform):
+def _prepare_hf(source: DataSource, split: str, ds, max_samples: Optional[int], transform) -> HFImageDataset:
     """First ``max_samples`` rows, image column left encoded, decoded + transformed lazily in the workers."""
     import datasets
 
+    spec = source.spec
     if max_samples is not None:
         ds = ds.select(range(min(max_samples, len(ds))))
     ds = ds.select_columns([spec.image_column, spec.label_column])
     ds = ds.cast_column(spec.image_column, datasets.Image(decode=False))
-    return ds.with_transform(HFImageTransform(transform, spec.image_column, spec.label_column))
+    return HFImageDataset(ds, transform, spec.image_column, spec.label_column,
+                          where=f"split {split!r} of {source.describe()}", files=source.files(split))

@@ -10,21 +10,75 @@ Contract:
   batches and returns ``(images uint8 N×3×H×W, labels int64 N)``; every image must be exactly
   ``size×size`` and every label in ``[0, num_classes)``, else ValueError naming the dataset, the row, what
   was expected and what was found.
+- Bytes that do not decode (a truncated JPEG/PNG, non-image bytes) raise :class:`CorruptImageError`, one line
+  naming the split, the row, the column and, for local parquet files, the file and the row in it
+  (:func:`corrupt_image_message`, shared with the streamed path).
 """
 from __future__ import annotations
 
 import functools
 import io
 import warnings
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["decode_rgb", "decode_split"]
+__all__ = ["CorruptImageError", "DECODE_ERRORS", "corrupt_image_message", "decode_rgb", "decode_split", "locate_row"]
 
 _PNG_MAGIC = b"\x89PNG"
 _JPEG_MAGIC = b"\xff\xd8"
+
+# What PIL raises for bytes it cannot decode: UnidentifiedImageError (not an image) and "image file is
+# truncated" are OSErrors; some damaged PNG chunks raise SyntaxError or ValueError.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError)
+
+
+class CorruptImageError(ValueError):
+    """An image cell of the data that cannot be decoded; the message says where (see :func:`corrupt_image_message`)."""
+
+
+def locate_row(files: Sequence[str], row: int) -> Optional[tuple[str, int]]:
+    """``(file, row within it)`` of row ``row`` of a split made of the parquet ``files`` read in order.
+
+    ``None`` when a file is remote (``hf://``) or unreadable, or ``row`` is past the end: the caller then names
+    the split row only. Reads the parquet footers alone (row counts), so it is cheap, and called on errors only.
+    """
+    import pyarrow.parquet as pq
+
+    start = 0
+    for f in files:
+        if "://" in f:
+            return None
+        try:
+            n = pq.ParquetFile(f).metadata.num_rows
+        except (OSError, ValueError):  # pyarrow's ArrowInvalid is a ValueError
+            return None
+        if row < start + n:
+            return f, row - start
+        start += n
+    return None
+
+
+def corrupt_image_message(data: Optional[bytes], error: BaseException, *, row: int, column: str, where: str,
+                          files: Sequence[str] = (), image_path: Optional[str] = None) -> str:
+    """One line: which image (split row, column, parquet file and its row, the cell's own path) and why not.
+
+    ``where`` names the split and the source (``"split 'train' of /data/c (config 'plain_text')"``).
+    """
+    located = locate_row(files, row)
+    inside = [f"file {located[0]}, its row {located[1]}"] if located else []
+    inside += [f"image path {image_path!r}"] if image_path else []
+    place = f"row {row} of {where}, column {column!r}" + (f" ({'; '.join(inside)})" if inside else "")
+    if data is None:
+        reason = f"the image file cannot be read ({error})"
+    elif data[:4] == _PNG_MAGIC or data[:2] == _JPEG_MAGIC:
+        kind = "PNG" if data[:4] == _PNG_MAGIC else "JPEG"
+        reason = f"truncated or damaged {kind} data ({len(data)} bytes; {error})"
+    else:
+        reason = f"{len(data)} bytes in no image format PIL reads (they start with {data[:8]!r})"
+    return (f"Cannot decode the image at {place}: {reason}. Replace that file with an intact copy (download it "
+            f"again) or remove the row.")
 
 
 def _decode_pil(data: bytes) -> torch.Tensor:
@@ -61,15 +115,16 @@ def decode_rgb(data: bytes) -> torch.Tensor:
     return _decode_pil(data)
 
 
-def _encoded_bytes(cell: Optional[dict], row: int, where: str) -> bytes:
+def _encoded_bytes(cell: Optional[dict], row: int, where: str, column: str) -> bytes:
     if cell is None:
-        raise ValueError(f"Row {row} of {where} has no image (null cell); remove it from the parquet files.")
+        raise ValueError(f"Row {row} of {where} has no image in column {column!r} (null cell); remove the row "
+                         f"from the parquet files.")
     data = cell.get("bytes")
     if data is None and cell.get("path"):
         with open(cell["path"], "rb") as fh:  # Image feature stored by path only
             data = fh.read()
     if data is None:
-        raise ValueError(f"Row {row} of {where} has neither image bytes nor a readable path.")
+        raise ValueError(f"Row {row} of {where} has neither image bytes nor a readable path in column {column!r}.")
     return data
 
 
@@ -84,11 +139,17 @@ def decode_split(
     where: str,
     max_samples: Optional[int] = None,
     batch_size: int = 4096,
+    files: Sequence[str] = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode the first ``max_samples`` rows (all if ``None``) of ``ds`` into ``(uint8 N×3×S×S, int64 N)``.
 
     ``ds`` is a ``datasets.IterableDataset`` or ``Dataset``; it is read with the arrow formatter, so the image
-    column stays encoded (no PIL decode inside ``datasets``). ``where`` names the source in error messages.
+    column stays encoded (no PIL decode inside ``datasets``). ``where`` names the source in error messages,
+    ``files`` (the split's parquet files, in the order ``ds`` reads them) lets them name the file of a bad row.
+
+    Raises:
+        CorruptImageError: an image cell does not decode.
+        ValueError: a null image cell, a label outside ``[0, num_classes)``, an image of another size.
     """
     if max_samples is not None:
         ds = ds.take(max_samples) if hasattr(ds, "take") else ds.select(range(min(max_samples, len(ds))))
@@ -114,7 +175,13 @@ def decode_split(
                     f"{dataset!r}; labels must be ClassLabel indices (e.g. SVHN digit 0 is label 0, not 10)."
                 )
             for cell in table.column(image_column).to_pylist():
-                img = decode_rgb(_encoded_bytes(cell, row, where))
+                data = _encoded_bytes(cell, row, where, image_column)
+                try:
+                    img = decode_rgb(data)
+                except DECODE_ERRORS as e:
+                    raise CorruptImageError(corrupt_image_message(
+                        data, e, row=row, column=image_column, where=where, files=files,
+                        image_path=cell.get("path"))) from e
                 if img.shape != expected:
                     raise ValueError(
                         f"Image {row} of {where} is {img.shape[2]}×{img.shape[1]} (W×H) but dataset {dataset!r} "

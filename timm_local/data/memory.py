@@ -5,8 +5,10 @@ Contract of :func:`load_tensor_split`:
   file: treat as read-only), ``labels`` (int64, N) and ``label_names``;
 - the first call decodes the parquet rows (streamed with ``datasets.load_dataset(..., streaming=True)``, no
   arrow copy in the HF cache) and writes the cache (:mod:`timm_local.data.cache`); later calls with the same
-  source files, split and ``max_samples`` only read the cache. With ``max_samples`` set and a full-split entry
-  present, the first ``max_samples`` rows are sliced from it instead of decoding again.
+  source files (path and bytes), split and ``max_samples`` only read the cache. With ``max_samples`` set and
+  a full-split entry present, the first ``max_samples`` rows are sliced from it instead of decoding again;
+- an image that does not decode raises :class:`~timm_local.data.decode.CorruptImageError` naming the split,
+  the row, the column and the parquet file.
 """
 from __future__ import annotations
 
@@ -68,7 +70,8 @@ def load_tensor_split(
         data_dir: local copy of the Hub layout, ``None`` for the Hub id (ignored if ``source`` is given).
         split: split name, default ``spec.train_split``.
         max_samples: keep only the first N rows.
-        cache_dir: force the cache folder (default: see :func:`timm_local.data.cache.cache_root`).
+        cache_dir: the cache folder (default ``$TIMM_LOCAL_CACHE``, else ``~/.cache/timm_local``; never the
+            data directory; see :mod:`timm_local.data.cache`).
         source: an already resolved :class:`DataSource` (saves resolving twice).
     """
     if not spec.in_memory:
@@ -76,8 +79,9 @@ def load_tensor_split(
     split = split or spec.train_split
     max_samples = check_max_samples(max_samples)
     source = source or resolve_source(spec, data_dir)
-    files = source.files(split)
-    root = cache.cache_root(source.path if source.local else None, cache_dir)
+    paths = source.files(split)
+    files = cache.fingerprints(paths)
+    root = cache.cache_root(cache_dir)
     extra = {"image_column": spec.image_column, "label_column": spec.label_column, "size": spec.image_size}
 
     def entry(n: Optional[int]) -> Path:
@@ -99,7 +103,7 @@ def load_tensor_split(
     with source.context():
         images, labels = decode_split(
             ds, image_column=spec.image_column, label_column=spec.label_column, image_size=spec.image_size,
-            num_classes=spec.num_classes, dataset=spec.name, where=where, max_samples=max_samples,
+            num_classes=spec.num_classes, dataset=spec.name, where=where, max_samples=max_samples, files=paths,
         )
     names = label_names_of(spec, ds.features)
     _logger.info("decoded %d images of %s in %.2fs", len(labels), where, time.perf_counter() - t0)

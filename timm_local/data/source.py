@@ -4,7 +4,7 @@ Contract:
 - ``data_dir=None`` loads ``spec.hub_id`` / ``spec.config`` (pinned ``spec.revision``) from the Hub.
 - ``data_dir=PATH`` must be a local copy of the Hub repo layout. Two layouts are accepted:
   1. a ``README.md`` whose YAML header lists ``configs:`` (``config_name`` + ``data_files`` per split), exactly
-     what ``huggingface-cli download <hub_id> --repo-type dataset --local-dir PATH`` produces;
+     what ``hf download <hub_id> --repo-type dataset --local-dir PATH`` produces (:func:`download_command`);
   2. no ``configs:`` YAML, parquet files named ``<config>/<split>-*.parquet`` (or ``<split>-*.parquet``
      directly in PATH, or ``data/<split>-*.parquet`` for config-less sets).
   Everything that touches a local copy runs with the Hub offline (:func:`hub_offline`), so nothing reaches
@@ -21,7 +21,14 @@ from typing import Iterator, Optional
 
 from .specs import DatasetSpec
 
-__all__ = ["DataSource", "resolve_source", "hub_offline", "layout_hint", "check_columns", "label_names_of"]
+__all__ = ["DataSource", "resolve_source", "hub_offline", "layout_hint", "download_command", "check_columns",
+           "label_names_of"]
+
+
+def download_command(spec: DatasetSpec, local_dir: str = "DIR") -> str:
+    """The shell command that makes a ``--data-dir`` copy of ``spec`` (``hf``, the CLI of huggingface_hub >= 0.34)."""
+    revision = f" --revision {spec.revision}" if spec.revision else ""
+    return f"hf download {spec.hub_id} --repo-type dataset{revision} --local-dir {local_dir}"
 
 
 def layout_hint(spec: DatasetSpec) -> str:
@@ -30,7 +37,7 @@ def layout_hint(spec: DatasetSpec) -> str:
     config = spec.config or "default"
     return (
         f"Expected --data-dir layout for {spec.name!r}: a local copy of the Hub dataset {spec.hub_id} "
-        f"(e.g. `huggingface-cli download {spec.hub_id} --repo-type dataset --local-dir DIR`), i.e. either a "
+        f"(e.g. `{download_command(spec)}`), i.e. either a "
         f"README.md whose YAML header lists `configs:` with `config_name: {config}` and `data_files` for the "
         f"splits {spec.train_split!r} and {spec.eval_split!r}, or parquet files "
         f"`{sub}/{spec.train_split}-*.parquet` and `{sub}/{spec.eval_split}-*.parquet`; columns "

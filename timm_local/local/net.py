@@ -229,11 +229,20 @@ class LocalNet(nn.Module):
         if not self._trainable:
             raise ValueError("this model has no classifier (num_classes=0), so it has no local objectives: "
                              "create it with num_classes > 0 or call reset_classifier(num_classes) to train it")
-        expected = self._input_size
-        if tuple(x.shape[1:]) != expected:
-            raise ValueError(f"input of shape {tuple(x.shape)} does not match the size the aux nets were built "
-                             f"for, (B, {', '.join(map(str, expected))}): resize the data, or create the model "
-                             f"with img_size={expected[-1]} matching your images (e.g. img_size=96 for STL-10)")
+        channels, *size = self._input_size
+        if x.dim() != 2 + len(size):
+            raise ValueError(f"expected a batch of images of shape (B, {channels}, {', '.join(map(str, size))}), "
+                             f"got a tensor of shape {tuple(x.shape)}: stack the images into one batch "
+                             f"(x[None] for a single image)")
+        if x.shape[1] != channels:
+            raise ValueError(f"expected {channels}-channel images, got a batch of shape {tuple(x.shape)}: create the "
+                             f"model with in_chans={x.shape[1]} or convert the images to {channels} channels")
+        given = list(x.shape[2:])
+        if given != size:
+            img_size = given[0] if len(set(given)) == 1 else tuple(given)
+            raise ValueError(f"got {'×'.join(map(str, given))} images but the model's aux nets are built for "
+                             f"{'×'.join(map(str, size))}: create the model with img_size={img_size}, "
+                             f"or resize the images to {'×'.join(map(str, size))}")
         if target.shape[0] != x.shape[0]:
             raise ValueError(f"target has {target.shape[0]} labels for a batch of {x.shape[0]} images")
 

@@ -14,6 +14,7 @@ and run at every possible boundary.
 """
 from __future__ import annotations
 
+import numbers
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
@@ -49,14 +50,17 @@ def resolve_split(layout: BackboneLayout, num_local_modules: int | None, split: 
     needed); without it the balance uses ``probe``'s per-block bytes alone.
     """
     n = layout.num_blocks
+    if num_local_modules is not None:
+        num_local_modules = _integer(num_local_modules, "num_local_modules", "the number of local modules, e.g. "
+                                     "num_local_modules=4")
     if split is not None and not isinstance(split, str):
-        cuts = tuple(int(c) for c in split)
+        cuts = tuple(_integer(c, "split", "block indices, e.g. split=[5, 10]") for c in split)
         if num_local_modules is not None and num_local_modules != len(cuts) + 1:
             raise ValueError(f"split lists {len(cuts)} cuts, which makes {len(cuts) + 1} local modules, "
                              f"but num_local_modules={num_local_modules}; drop one of the two or make them agree")
         validate_cuts(cuts, n)
         return cuts, "explicit"
-    k = 1 if num_local_modules is None else int(num_local_modules)
+    k = 1 if num_local_modules is None else num_local_modules
     paper = layout.paper_splits.get("paper", {})
     stem_only_table = k == n + 1 and k in paper and split in (None, "paper")
     if k < 1 or (k > n and not stem_only_table):
@@ -87,6 +91,16 @@ def resolve_split(layout: BackboneLayout, num_local_modules: int | None, split: 
         return even_cuts(n, k), "even"
     raise ValueError(f"unknown split {split!r}: use None, 'paper', 'balanced', 'measured', 'even' or a list of "
                      f"block indices where modules 1..K-1 start")
+
+
+def _integer(value, key: str, expected: str) -> int:
+    """``value`` as an int; ValueError naming ``key`` and what it takes unless ``value`` is an integer.
+
+    Floats are refused too (``int(2.5)`` would silently build 2 modules); ``bool`` is not a count.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{key} takes integers ({expected}), got {value!r} of type {type(value).__name__}")
+    return int(value)
 
 
 def validate_cuts(cuts: Sequence[int], num_blocks: int) -> None:

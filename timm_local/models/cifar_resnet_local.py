@@ -20,6 +20,7 @@ from ..constants import CIFAR10_LABELS, CIFAR10_MEAN, CIFAR10_STD, HALF_MEAN, HA
 from ..hub.registry import parse_tag, published_cfg_sources, tag_info
 from ..local import BackboneLayout, BoundCall, LocalNet, localize
 from ..local.layout import reset_parameters_like_resnet
+from ..methods import METHODS, reject_unknown_options
 
 STAGE_WIDTHS = (16, 32, 64)
 DEFAULT_NUM_LOCAL_MODULES = 4
@@ -233,9 +234,12 @@ _BACKBONE_ARGS = ("num_classes", "in_chans", "global_pool", "drop_rate", "img_si
 def _build_local_cifar_resnet(depth: int, method: str, tag_dataset: Optional[str] = None,
                               num_local_modules: Optional[int] = None, **kwargs) -> LocalNet:
     """Backbone + localize. The dataset (the ``dataset`` option, else the tag's) picks λ rows and the
-    normalisation InfoPro's reconstruction target undoes."""
-    backbone_args = {k: kwargs.pop(k) for k in _BACKBONE_ARGS if k in kwargs}
+    normalisation InfoPro's reconstruction target undoes. A misspelled keyword gets the closest valid name."""
     kwargs.pop("drop_path_rate", None)  # timm's train.py passes it; these ResNets have no drop-path
+    reject_unknown_options(kwargs, {"the local split": ("num_local_modules", "split"),
+                                    f"method {method!r}": METHODS[method].option_names(),
+                                    "the CifarResNet backbone": _BACKBONE_ARGS}, f"resnet{depth}_{method}")
+    backbone_args = {k: kwargs.pop(k) for k in _BACKBONE_ARGS if k in kwargs}
     backbone = CifarResNet(depth=depth, **backbone_args)
     dataset = kwargs.get("dataset", tag_dataset)
     if method in ("infopro", "dgl", "greedy", "man") and dataset is not None:

@@ -127,7 +127,7 @@ def _build_local_resnet(arch: str, method: str, img_size: int | Sequence[int] = 
     size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
     describe = partial(describe_resnet, input_size=(kwargs.get("in_chans", 3), *size), arch=arch)
     return create_local_timm_model(arch, ResNet, method, describe, IMAGENET_RECIPES.get(method, {}),
-                                   partial(default_num_local_modules, method), **kwargs)
+                                   partial(default_num_local_modules, method), consumed=("img_size",), **kwargs)
 
 
 def _create(arch: str, method: str, pretrained: bool = False, **kwargs) -> LocalNet:

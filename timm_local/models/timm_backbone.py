@@ -14,7 +14,7 @@ from timm.models import get_pretrained_cfg
 from torch import nn
 
 from ..local import BackboneLayout, LocalNet, localize
-from ..methods import METHODS
+from ..methods import METHODS, reject_unknown_options
 
 LOCALIZE_ARGS = ("num_local_modules", "split")
 
@@ -33,15 +33,20 @@ def upstream_cfg(name: str, method_paper: str) -> dict:
     return cfg
 
 
-def route_kwargs(method: str, backbone_cls: type, kwargs: dict) -> tuple[dict, dict]:
-    """Split ``kwargs`` into (backbone kwargs, method kwargs incl. ``num_local_modules`` / ``split``)."""
+def route_kwargs(method: str, backbone_cls: type, kwargs: dict, consumed: Sequence[str] = (),
+                 what: Optional[str] = None) -> tuple[dict, dict]:
+    """Split ``kwargs`` into (backbone kwargs, method kwargs incl. ``num_local_modules`` / ``split``).
+
+    A name neither takes raises :class:`~timm_local.methods.UnknownOptionError` naming ``what`` is built and
+    suggesting the closest valid name; ``consumed`` are the registered variant's own arguments (e.g.
+    ``img_size``), listed as valid too.
+    """
     method_names = set(METHODS[method].option_names()) | set(LOCALIZE_ARGS)
-    backbone_names = set(inspect.signature(backbone_cls).parameters) - {"self"}
-    unknown = sorted(set(kwargs) - method_names - backbone_names)
-    if unknown:
-        raise ValueError(f"unknown argument(s) {', '.join(map(repr, unknown))}: method {method!r} takes "
-                         f"{', '.join(sorted(method_names))}; the {backbone_cls.__name__} backbone takes "
-                         f"{', '.join(sorted(backbone_names))}")
+    backbone_names = (set(inspect.signature(backbone_cls).parameters) - {"self", "kwargs"}) | set(consumed)
+    reject_unknown_options(kwargs, {"the local split": LOCALIZE_ARGS,
+                                    f"method {method!r}": METHODS[method].option_names(),
+                                    f"the {backbone_cls.__name__} backbone": backbone_names},
+                           what or f"a {backbone_cls.__name__} localized with {method!r}")
     method_kwargs = {k: v for k, v in kwargs.items() if k in method_names}
     backbone_kwargs = {k: v for k, v in kwargs.items() if k not in method_names}
     return backbone_kwargs, method_kwargs
@@ -52,7 +57,7 @@ def create_local_timm_model(timm_name: str, backbone_cls: type, method: str,
                             default_num_local_modules: Callable[[BackboneLayout], int],
                             backbone_defaults: Optional[Mapping[str, object]] = None,
                             mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
-                            **kwargs) -> LocalNet:
+                            consumed: Sequence[str] = (), **kwargs) -> LocalNet:
     """``timm.create_model(timm_name, **backbone kwargs)`` localized with ``method``.
 
     Args:
@@ -63,8 +68,11 @@ def create_local_timm_model(timm_name: str, backbone_cls: type, method: str,
         default_num_local_modules: K when neither ``num_local_modules`` nor an explicit split is given.
         backbone_defaults: backbone arguments of this registered variant (e.g. a smaller patch size).
         mean, std: the input normalisation (InfoPro's reconstruction target); default: the backbone's cfg.
+        consumed: arguments the registered entrypoint took itself (``img_size`` of the ResNets), for the
+            list of valid names an unknown one gets.
     """
-    backbone_kwargs, method_kwargs = route_kwargs(method, backbone_cls, kwargs)
+    backbone_kwargs, method_kwargs = route_kwargs(method, backbone_cls, kwargs, consumed,
+                                                  what=f"{timm_name} localized with {method!r}")
     backbone = timm.create_model(timm_name, pretrained=False, **{**(backbone_defaults or {}), **backbone_kwargs})
     num_local_modules = method_kwargs.pop("num_local_modules", None)
     split = method_kwargs.get("split")
