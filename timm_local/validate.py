@@ -3,8 +3,8 @@
     python -m timm_local.validate --model resnet32_man --checkpoint output/train/<run>/model_best.pth.tar \\
         --dataset cifar10 --data-dir ../shared/datasets/cifar10-jpeg
 
-The checkpoint may be a training checkpoint (its ``model_kwargs`` are used unless ``--model-kwargs``
-is given) or any file ``timm.models.load_checkpoint`` reads (an inference state dict, safetensors).
+The checkpoint may be a training checkpoint (its ``arch`` and ``model_kwargs`` are used unless ``--model`` /
+``--model-kwargs`` are given) or any file ``timm.models.load_checkpoint`` reads (an inference state dict, safetensors).
 Prints (and with ``--results-file`` writes) a JSON dict with top-1, top-5 and the mean loss.
 Under ``accelerate launch`` every process evaluates its shard and the sums are reduced.
 """
