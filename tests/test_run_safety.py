@@ -282,3 +282,22 @@ def test_bad_input_is_one_line_without_a_traceback(tmp_path, capsys):
     assert error_line(capsys) == f"error: {tmp_path / 'missing.pth.tar'}: no such checkpoint file"
     with pytest.raises(FileNotFoundError):  # --debug: the exception itself
         train_main(["--resume", str(tmp_path / "missing.pth.tar"), "--debug"])
+
+
+# ---------------------------------------------------------------- mixed precision that does what it says
+def test_auto_mixed_precision_picks_native_bf16_only_and_records_it(tmp_path, data_dir, monkeypatch):
+    import timm_local.precision as precision
+
+    for native, expected in ((True, "bf16"), (False, "no"), (None, "no")):
+        monkeypatch.setattr(precision, "native_bf16", lambda device_type, native=native: native)
+        assert precision.resolve_mixed_precision("auto", "cpu") == expected
+        assert precision.resolve_mixed_precision("bf16", "cpu") == "bf16"  # an explicit choice is kept ...
+        warned = precision.emulated_bf16_warning("bf16", "cpu")
+        assert (warned is not None) == (native is False)  # ... with a warning where bf16 is emulated
+        assert precision.emulated_bf16_warning("no", "cpu") is None
+    monkeypatch.undo()
+
+    results = run(tmp_path, data_dir, "--mixed-precision", "auto")
+    expected = "bf16" if precision.native_bf16("cpu") else "no"
+    assert results["mixed_precision"] == expected
+    assert yaml.safe_load((tmp_path / "run" / "args.yaml").read_text())["mixed_precision"] == expected

@@ -24,7 +24,8 @@ from .errors import run_command
 from .train.checkpoint import read_checkpoint
 from .train.args import ParseKwargs
 from .train.metrics import evaluate
-from .train.setup import model_name_for_dataset
+from .precision import resolve_mixed_precision
+from .train.setup import expected_device_type, model_name_for_dataset
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-b", "--batch-size", type=int, default=256)
     parser.add_argument("--max-eval-samples", type=int, default=None)
     parser.add_argument("-j", "--workers", type=int, default=4)
-    parser.add_argument("--mixed-precision", default=None, choices=("no", "bf16", "fp16"))
+    parser.add_argument("--mixed-precision", default=None, choices=("no", "bf16", "fp16", "auto"),
+                        help="'auto': bf16 where it is native, else no")
     parser.add_argument("--cpu", action="store_true")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--results-file", default="", help="also write the JSON results here")
@@ -76,7 +78,8 @@ def validate(args: argparse.Namespace) -> dict:
     args.model = args.model or saved_arch
     if not args.model:
         raise ValueError("--model is required unless --checkpoint is a training checkpoint (which names its model)")
-    accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=args.cpu)
+    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(args.mixed_precision,
+                                                                      expected_device_type(args.cpu)), cpu=args.cpu)
     spec = get_dataset_spec(args.dataset)
     kwargs = {"num_classes": spec.num_classes, **(args.model_kwargs or saved_kwargs)}
     model = timm.create_model(model_name_for_dataset(args.model, spec.name), pretrained=args.pretrained, **kwargs)

@@ -96,8 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--seed", type=int, default=42)
     group.add_argument("--deterministic", action="store_true",
                        help="deterministic algorithms (needed for bit-exact resume on GPU)")
-    group.add_argument("--mixed-precision", default=None, choices=("no", "bf16", "fp16"),
-                       help="default: whatever `accelerate launch` / the Accelerate config says")
+    group.add_argument("--mixed-precision", default=None, choices=("no", "bf16", "fp16", "auto"),
+                       help="default: whatever `accelerate launch` / the Accelerate config says; 'auto': bf16 where it "
+                            "is native (a bf16 GPU, a CPU with AVX512-BF16/AMX), else no")
     group.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
     group.add_argument("--output", default="./output/train", help="parent folder of the run folders")
     group.add_argument("--experiment", default="", help="run folder name (default: <date>-<model>-k<K>-<dataset>)")

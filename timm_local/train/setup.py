@@ -14,20 +14,33 @@ from ..data import Loaders, build_loaders
 from ..data.bench_loader import benchmark_loader
 from ..data.specs import get_dataset_spec
 from ..local import LocalNet
+from ..precision import emulated_bf16_warning, resolve_mixed_precision
 from .distributed import check_distributed_type
+
+
+def expected_device_type(cpu: bool) -> str:
+    """The device type Accelerate will pick: 'cpu' when forced or when no GPU is present, else 'cuda'."""
+    return "cpu" if cpu or not torch.cuda.is_available() else "cuda"
 
 
 def create_accelerator(args: argparse.Namespace, project_dir: Optional[str] = None) -> Accelerator:
     """An Accelerator for ``args`` (mixed precision: the flag, else the launcher's), seeded identically on every rank.
 
+    ``--mixed-precision auto`` is resolved here (:mod:`timm_local.precision`) and written back to ``args``,
+    so args.yaml records what ran.
+
     Every rank uses the same seed so that models are built identically (DDP broadcasts rank 0's
     weights anyway); the data loaders derive their per-rank randomness from (seed, epoch, rank, batch).
     """
+    args.mixed_precision = resolve_mixed_precision(args.mixed_precision, expected_device_type(args.cpu))
     accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=args.cpu, log_with=args.log_with or None,
                               project_dir=project_dir, dynamo_backend=args.torchcompile)
     if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise ValueError("fp16 mixed precision needs a GPU (on the CPU Accelerate would silently train in fp32): "
                          "use --mixed-precision bf16 (supported on the CPU) or no")
+    warning = emulated_bf16_warning(accelerator.mixed_precision, accelerator.device.type)
+    if warning:
+        accelerator.print(warning)
     check_distributed_type(accelerator)
     set_seed(args.seed, deterministic=args.deterministic)
     return accelerator
