@@ -60,7 +60,7 @@ def test_unpooled_and_headless_creation():
 
 
 def test_features_only():
-    model = timm.create_model("resnet110_man", features_only=True, num_local_modules=4).eval()
+    model = timm.create_model("resnet110_man", features_only=True, num_local_modules=5).eval()
     with torch.no_grad():
         features = model(torch.randn(2, 3, 32, 32))
     assert [f.shape[1:] for f in features] == [(16, 32, 32), (16, 32, 32), (32, 16, 16), (64, 8, 8)]
@@ -80,8 +80,8 @@ def test_grad_checkpointing_and_optimizer_helpers():
 
 
 def test_inference_state_dict_round_trip_is_strict():
-    a = timm.create_model("resnet32_man", num_local_modules=4)
-    b = timm.create_model("resnet32_man", num_local_modules=4)
+    a = timm.create_model("resnet32_man", num_local_modules=5)
+    b = timm.create_model("resnet32_man", num_local_modules=5)
     inference = a.inference_state_dict()
     assert inference and not any(k.startswith("aux.") for k in inference)
     b.load_state_dict(inference)

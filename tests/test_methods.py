@@ -58,8 +58,13 @@ def test_man_stage_rule_is_clamped_and_uses_the_next_blocks_stage():
     assert w[9] == w[13] == (round(5 * 11 / 14, 6), round(0.5 * 11 / 14, 6))  # next block in stage 3: r = 3/14
     eight = weights_of(timm.create_model("resnet32_man", num_local_modules=8, weight_schedule="stage"))
     assert eight[0] == (round(5 * 5 / 6, 6), round(0.5 * 5 / 6, 6))  # K=8 is 8 modules: r = 1/6 (unchanged)
-    small = timm.create_model("resnet32_man", num_local_modules=4, weight_schedule="stage")
-    assert all(r >= 0 and t >= 0 for r, t in weights_of(small))  # the reference would extrapolate below 0
+    five = weights_of(timm.create_model("resnet32_man", num_local_modules=5, weight_schedule="stage"))
+    assert all(r >= 0 and t >= 0 for r, t in five)  # the reference would extrapolate below 0 for K = 3, 4
+    # K = 4: r = stage / 2 reaches 1 for aux nets 1, 2, where (5, 0.5) -> (0, 0): modules 1, 2 would never train
+    with pytest.raises(ValueError, match=r"module\(s\) 1, 2 recon and task weight 0 .* would never be trained"):
+        timm.create_model("resnet32_man", num_local_modules=4, weight_schedule="stage")
+    with pytest.raises(ValueError, match=r"module\(s\) 0 recon and task weight 0"):
+        timm.create_model("resnet32_infopro", num_local_modules=3, recon_weights=(0, 5), task_weights=(0, 1))
 
 
 def test_man_one_block_per_module_resnet110_divides_by_53():
@@ -81,7 +86,7 @@ def test_mlaan_infopro_stage_rule_divides_by_the_papers_k():
 
 
 def test_man_momentum_copy_follows_the_next_modules_first_block():
-    model = timm.create_model("resnet32_man", num_local_modules=4, momentum=0.9)
+    model = timm.create_model("resnet32_man", num_local_modules=5, momentum=0.9)
     for k, cut in enumerate(model.cuts):
         pair = model.aux[k].transform
         source = model.local_modules[k + 1].blocks[0]
@@ -106,7 +111,7 @@ def test_man_momentum_copy_follows_the_next_modules_first_block():
 
 
 def test_man_reference_random_ema_init():
-    model = timm.create_model("resnet32_man", num_local_modules=4, ema_init="random")
+    model = timm.create_model("resnet32_man", num_local_modules=5, ema_init="random")
     pair = model.aux[0].transform
     assert not torch.equal(pair.momentum.conv1.weight, pair.source.conv1.weight)
 
@@ -170,7 +175,7 @@ def test_loading_backbone_weights_refreshes_block_copies():
     chain = target.aux[2].cascaded.transform
     assert torch.equal(chain.first.momentum.conv1.weight, chain.first.source.conv1.weight)
     assert all(torch.equal(c.conv1.weight, s.conv1.weight) for c, s in chain.copied_pairs())
-    man = timm.create_model("resnet32_man", num_local_modules=4)
+    man = timm.create_model("resnet32_man", num_local_modules=5)
     lb_before = man.aux[0].transform.learnable.conv1.weight.clone()
     man.load_state_dict(source.inference_state_dict())
     pair = man.aux[0].transform

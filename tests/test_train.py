@@ -180,9 +180,9 @@ def test_infopro_cosine_schedule():
 def test_optimizer_is_nesterov_sgd_with_one_group_per_module():
     from timm_local.train.optim import create_optimizer
 
-    model = timm.create_model("resnet32_man", num_local_modules=4)
+    model = timm.create_model("resnet32_man", num_local_modules=5)
     optimizer = create_optimizer(model, parse_args([]))
-    assert len(optimizer.param_groups) == 4
+    assert len(optimizer.param_groups) == 5
     assert all(g["nesterov"] and g["momentum"] == 0.9 and g["weight_decay"] == 1e-4 for g in optimizer.param_groups)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == trainable

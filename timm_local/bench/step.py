@@ -13,6 +13,7 @@ import timm
 import torch
 
 from ..local import LocalNet
+from ..methods import METHODS
 from .config import BenchConfig
 
 
@@ -21,6 +22,9 @@ def create_model(config: BenchConfig) -> LocalNet:
     kwargs = dict(num_local_modules=config.k, img_size=config.img_size)
     if config.split is not None:
         kwargs["split"] = config.split
+    if "allow_untrained_modules" in METHODS[config.method].option_names():
+        # memory and time, not learning, are measured: MAN@4's modules with λ = 0 cost what trained ones do
+        kwargs["allow_untrained_modules"] = True
     model = timm.create_model(config.model_name, **kwargs)
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)

@@ -7,6 +7,8 @@ The engine cuts the block list into K local modules; methods attach aux nets at 
 """
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional, Sequence
 
@@ -131,18 +133,45 @@ class FeatureProbe:
     block_bytes: tuple[int, ...]
 
 
+PROBE_CACHE_SIZE = 128
+_probe_cache: "OrderedDict[tuple, FeatureProbe]" = OrderedDict()  # see probe_features
+
+
+def _probe_key(layout: BackboneLayout, batch_size: int, device: torch.device, dtype: torch.dtype) -> tuple:
+    """What a probe's result depends on: input size, batch, device type, dtype and the modules' structure.
+
+    The structure is ``repr`` of the stem and blocks (module types, channels, kernels, strides, ...), so
+    two models of one architecture share a key whatever their weights.
+    """
+    structure = hashlib.sha256(repr([layout.stem, *layout.blocks]).encode()).hexdigest()
+    return tuple(layout.input_size), batch_size, device.type, dtype, structure
+
+
 def probe_features(layout: BackboneLayout, batch_size: int = 2) -> FeatureProbe:
-    """Run the stem and blocks once on zeros to record feature shapes and activation bytes.
+    """Feature shapes and activation bytes of the stem and blocks, from one forward on zeros (cached).
+
+    The result is cached by :func:`_probe_key` (the last :data:`PROBE_CACHE_SIZE` keys), so creating
+    the same architecture again runs no forward pass.
 
     Bytes are those autograd saves for backward (counted once per storage through
     ``torch.autograd.graph.saved_tensors_hooks``, parameters excluded), divided by the batch size. The backbone is put
     in eval mode for the probe so BatchNorm running statistics are not touched, then restored.
     """
-    modules = [layout.stem, *layout.blocks]
-    was_training = [m.training for m in modules]
     param = next(layout.stem.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    key = _probe_key(layout, batch_size, device, dtype)
+    if key not in _probe_cache:
+        _probe_cache[key] = _run_probe(layout, batch_size, device, dtype)
+        while len(_probe_cache) > PROBE_CACHE_SIZE:
+            _probe_cache.popitem(last=False)
+    _probe_cache.move_to_end(key)
+    return _probe_cache[key]
+
+
+def _run_probe(layout: BackboneLayout, batch_size: int, device: torch.device, dtype: torch.dtype) -> FeatureProbe:
+    modules = [layout.stem, *layout.blocks]
+    was_training = [m.training for m in modules]
     x = torch.zeros(batch_size, *layout.input_size, device=device, dtype=dtype, requires_grad=True)
     shapes, costs = [], []
     try:
@@ -157,7 +186,7 @@ def probe_features(layout: BackboneLayout, batch_size: int = 2) -> FeatureProbe:
                 if ptr not in seen:
                     seen.add(ptr)
                     total[0] += t.untyped_storage().nbytes()
-                return t
+                return t.detach()  # not t: a saved output holding its own grad_fn is a cycle GC cannot free
 
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                 x = m(x)

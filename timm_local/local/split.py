@@ -222,7 +222,9 @@ class _SavedStorages:
         if ptr not in self.seen:
             self.seen.add(ptr)
             self.nbytes += t.untyped_storage().nbytes()
-        return t
+        # t.detach(), not t: the storage stays alive while the graph does (so pointers stay unique), but a
+        # saved output that holds its own grad_fn would be a reference cycle through C++ that gc never frees
+        return t.detach()
 
     def hooks(self):
         return torch.autograd.graph.saved_tensors_hooks(self, lambda t: t)

@@ -9,6 +9,8 @@ The same objective, with the decoder dropped, is DGL's and greedy SL's (see ``dg
 """
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass
 from typing import ClassVar, Optional
 
@@ -100,6 +102,8 @@ class InfoPro(LocalMethod):
         weight_schedule: 'module' (InfoPro: r = k / (K − 2)) or 'stage' (MAN's r = stage / (K − 2), clamped).
         aux_widen, aux_feature_dim: the reference's ``--aux_net_widen`` (1) and ``--aux_net_feature_dim`` (128).
         dataset: which published λ row to use when the weights are not given.
+        allow_untrained_modules: an aux net whose weights are both 0 leaves its module untrained, which is an
+            error at construction; True makes it a warning (memory and speed benchmarks of such a split).
     """
 
     name: ClassVar[str] = "infopro"
@@ -111,6 +115,7 @@ class InfoPro(LocalMethod):
     aux_widen: float = 1.0
     aux_feature_dim: int = 128
     dataset: str = "cifar10"
+    allow_untrained_modules: bool = False
     use_decoder: ClassVar[bool] = True
 
     def __post_init__(self):
@@ -122,12 +127,17 @@ class InfoPro(LocalMethod):
             if value is not None and len(tuple(value)) != 2:
                 raise ValueError(f"{name} must be a pair (first aux net, last aux net), got {value!r}")
 
-    def weights(self, plan: LocalPlan, k: int) -> tuple[float, float]:
-        """(λ_recon, λ_task) of aux net ``k``."""
+    def weights_of(self, plan: LocalPlan) -> tuple[tuple[float, float], tuple[float, float]]:
+        """``(recon_weights, task_weights)``: the (first, last) λ pairs in force, given or published."""
         ixx_1, ixy_1, ixx_2, ixy_2 = published_weights(self.dataset, plan.layout.arch, plan.split_kind,
                                                        plan.num_modules)
         recon = tuple(self.recon_weights) if self.recon_weights is not None else (ixx_1, ixx_2)
         task = tuple(self.task_weights) if self.task_weights is not None else (ixy_1, ixy_2)
+        return recon, task
+
+    def weights(self, plan: LocalPlan, k: int) -> tuple[float, float]:
+        """(λ_recon, λ_task) of aux net ``k``."""
+        recon, task = self.weights_of(plan)
         if self.weight_schedule == "module":
             r = module_index_ratio(k, plan.num_modules)
         else:
@@ -152,4 +162,22 @@ class InfoPro(LocalMethod):
 
     def build_objectives(self, plan: LocalPlan) -> list[Optional[LocalObjective]]:
         aux = [self.build_aux_objective(plan, k) for k in range(plan.num_modules - 1)]
+        self._check_every_module_trains(plan, aux)
         return aux + [ClassifierObjective()]
+
+    def _check_every_module_trains(self, plan: LocalPlan, aux: list[InfoProObjective]) -> None:
+        """Refuse λ_recon = λ_task = 0 for an aux net: its module would get no gradient and silently never train.
+
+        This happens with MAN's stage rule at K = 3, 4 (r reaches 1, where the published weights end at 0)
+        and with explicit weights that interpolate to 0.
+        """
+        idle = [k for k, objective in enumerate(aux) if objective.recon_weight == 0 and objective.task_weight == 0]
+        if idle:
+            modules, (recon, task) = ", ".join(map(str, idle)), self.weights_of(plan)
+            message = (f"{self.name} with {plan.num_modules} local modules gives the aux net(s) of module(s) {modules} "
+                       f"recon and task weight 0 (recon_weights={tuple(recon)}, task_weights={tuple(task)}, "
+                       f"weight_schedule={self.weight_schedule!r}), so module(s) {modules} would never be trained: use "
+                       f"more local modules, or recon_weights / task_weights that are not 0 there")
+            if not self.allow_untrained_modules:
+                raise ValueError(message + " (allow_untrained_modules=True to build it anyway)")
+            warnings.warn(message, stacklevel=2)

@@ -24,6 +24,9 @@ from ..methods import METHODS, reject_unknown_options
 
 STAGE_WIDTHS = (16, 32, 64)
 DEFAULT_NUM_LOCAL_MODULES = 4
+# E2E is one module; MAN's stage rule leaves modules of a 3- or 4-module split with no objective (λ = 0, an
+# error at construction), so its default is the smallest split of its tables, K = 8
+METHOD_DEFAULT_NUM_LOCAL_MODULES = {"e2e": 1, "man": 8}
 BLOCKS_PER_STAGE = {32: 5, 110: 18}
 
 
@@ -246,7 +249,7 @@ def _build_local_cifar_resnet(depth: int, method: str, tag_dataset: Optional[str
         kwargs.setdefault("dataset", dataset)
     explicit_split = kwargs.get("split") is not None and not isinstance(kwargs.get("split"), str)
     if num_local_modules is None and not explicit_split:
-        num_local_modules = 1 if method == "e2e" else DEFAULT_NUM_LOCAL_MODULES
+        num_local_modules = METHOD_DEFAULT_NUM_LOCAL_MODULES.get(method, DEFAULT_NUM_LOCAL_MODULES)
     mean = HALF_MEAN if dataset in ("svhn", "stl10") else CIFAR10_MEAN
     std = HALF_STD if dataset in ("svhn", "stl10") else CIFAR10_STD
     return localize(backbone, method=method, num_local_modules=num_local_modules, mean=mean, std=std, **kwargs)
