@@ -9,12 +9,14 @@ from collections import defaultdict
 from typing import Callable, Optional, Sequence
 
 import torch
+from timm.layers import get_device_dtype
 from torch import nn
 
 from ..methods.base import BlockCopies, LocalMethod, LocalPlan, momentum_lerp_
 from .context import LocalContext
 from .layout import BackboneLayout, probe_features
 from .module import LocalModule
+from .placement import factory_defaults
 from .split import SplitSpec, measure_module_costs, resolve_split
 
 Describe = Callable[[nn.Module], BackboneLayout]
@@ -83,7 +85,8 @@ class LocalNet(nn.Module):
         num_classes = self.backbone.num_classes
         plan = LocalPlan(layout=layout, cuts=self.cuts, probe=self._probe, num_classes=num_classes,
                          split_kind=self.split_kind)
-        objectives = self.method.build_objectives(plan) if num_classes > 0 else [None] * plan.num_modules
+        with factory_defaults(**get_device_dtype(self.backbone)):  # aux nets where the backbone is (timm's dd)
+            objectives = self.method.build_objectives(plan) if num_classes > 0 else [None] * plan.num_modules
         modules = []
         for k in range(plan.num_modules):
             modules.append(LocalModule(
@@ -94,6 +97,7 @@ class LocalNet(nn.Module):
                 head=layout.head if k == plan.num_modules - 1 else None,
             ))
         self.aux = nn.ModuleList([obj if obj is not None else nn.Identity() for obj in objectives])
+        self.aux.train(self.backbone.training)  # reset_classifier() after .eval() keeps the model's mode
         self.__dict__["local_modules"] = nn.ModuleList(modules)
         self.__dict__["_trainable"] = num_classes > 0
         self.__dict__["_input_size"] = tuple(layout.input_size)

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 import torch
 from torch import nn
-from timm.layers import create_classifier
+from timm.layers import create_classifier, get_device_dtype
 from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, register_model
 from timm.models._manipulate import checkpoint_seq
 
@@ -30,18 +30,20 @@ BLOCKS_PER_STAGE = {32: 5, 110: 18}
 class BasicBlock(nn.Module):
     """conv3x3(stride) → BN → ReLU → conv3x3 → BN, + shortcut (1x1 conv + BN when the shape changes) → ReLU."""
 
-    def __init__(self, in_channels: int, channels: int, stride: int = 1, drop_rate: float = 0.0):
+    def __init__(self, in_channels: int, channels: int, stride: int = 1, drop_rate: float = 0.0,
+                 device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
+        dd = {"device": device, "dtype": dtype}
+        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1, bias=False, **dd)
+        self.bn1 = nn.BatchNorm2d(channels, **dd)
         self.act1 = nn.ReLU(inplace=True)
         self.drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False, **dd)
+        self.bn2 = nn.BatchNorm2d(channels, **dd)
         self.downsample = None
         if stride != 1 or in_channels != channels:
-            self.downsample = nn.Sequential(nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False),
-                                            nn.BatchNorm2d(channels))
+            self.downsample = nn.Sequential(nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False, **dd),
+                                            nn.BatchNorm2d(channels, **dd))
         self.act2 = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -54,12 +56,15 @@ class CifarResNet(nn.Module):
     """ResNet-(6n+2) for 32 px (CIFAR-10, SVHN) and 96 px (STL-10) images, timm-style.
 
     Stem conv3x3(in_chans → 16) → BN → ReLU (no max-pool); three stages of n BasicBlocks with widths
-    16, 32, 64 and strides 1, 2, 2; global average pooling → Linear(64 → num_classes).
+    16, 32, 64 and strides 1, 2, 2; global average pooling → Linear(64 → num_classes). ``device`` and
+    ``dtype`` are timm's factory kwargs: every parameter and buffer is created there.
     """
 
     def __init__(self, depth: int = 32, num_classes: int = 10, in_chans: int = 3, global_pool: str = "avg",
-                 drop_rate: float = 0.0, img_size: int | Sequence[int] = 32):
+                 drop_rate: float = 0.0, img_size: int | Sequence[int] = 32,
+                 device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None):
         super().__init__()
+        dd = {"device": device, "dtype": dtype}
         if depth not in BLOCKS_PER_STAGE:
             raise ValueError(f"depth={depth} is not a CIFAR ResNet we ship: choose one of {sorted(BLOCKS_PER_STAGE)}")
         self.depth = depth
@@ -69,21 +74,22 @@ class CifarResNet(nn.Module):
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
         n = BLOCKS_PER_STAGE[depth]
-        self.conv1 = nn.Conv2d(in_chans, STAGE_WIDTHS[0], 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(STAGE_WIDTHS[0])
+        self.conv1 = nn.Conv2d(in_chans, STAGE_WIDTHS[0], 3, padding=1, bias=False, **dd)
+        self.bn1 = nn.BatchNorm2d(STAGE_WIDTHS[0], **dd)
         self.act1 = nn.ReLU(inplace=True)
         self.feature_info = [dict(num_chs=STAGE_WIDTHS[0], reduction=1, module="act1")]
         in_channels = STAGE_WIDTHS[0]
         stages = []
         for i, width in enumerate(STAGE_WIDTHS):
             stride = 1 if i == 0 else 2
-            blocks = [BasicBlock(in_channels if b == 0 else width, width, stride if b == 0 else 1) for b in range(n)]
+            blocks = [BasicBlock(in_channels if b == 0 else width, width, stride if b == 0 else 1, **dd)
+                      for b in range(n)]
             stages.append(nn.Sequential(*blocks))
             in_channels = width
             self.feature_info.append(dict(num_chs=width, reduction=2 ** i, module=f"layer{i + 1}"))
         self.layer1, self.layer2, self.layer3 = stages
         self.num_features = self.head_hidden_size = STAGE_WIDTHS[-1]
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool, **dd)
         self.head_drop = nn.Dropout(drop_rate)
         reset_parameters_like_resnet(self)
 
@@ -102,9 +108,15 @@ class CifarResNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.fc
 
-    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """A new classifier on the model's device, in its dtype and mode (as timm's ResNet); pool kept if None."""
+        if global_pool is None:
+            global_pool = self.global_pool.pool_type
         self.num_classes = num_classes
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool,
+                                                      **get_device_dtype(self))
+        self.global_pool.train(self.training)
+        self.fc.train(self.training)
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.act1(self.bn1(self.conv1(x)))
@@ -228,7 +240,7 @@ default_cfgs = generate_default_cfgs({
        for name, cfg in _published_cfgs(f"resnet{depth}_{method}", method).items()},
 })
 
-_BACKBONE_ARGS = ("num_classes", "in_chans", "global_pool", "drop_rate", "img_size")
+_BACKBONE_ARGS = ("num_classes", "in_chans", "global_pool", "drop_rate", "img_size", "device", "dtype")
 
 
 def _build_local_cifar_resnet(depth: int, method: str, tag_dataset: Optional[str] = None,

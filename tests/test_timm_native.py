@@ -1,0 +1,57 @@
+"""timm 1.0.31's model API on our models (issue 13 items 4–8): device/dtype, in_chans, reset_classifier,
+set_input_size, drop_path_rate, forward_intermediates and fx.
+
+ImageNet-size models are kept small (64 px, resnet34 / vit_tiny) for a CPU budget.
+"""
+import pytest
+import timm
+import torch
+
+import timm_local  # noqa: F401  (registers the models)
+
+SMALL = dict(img_size=64)
+# One name per aux-net family (CIFAR / ImageNet CNN / tokens), with momentum copies (MAN) and clones (MLAAN).
+PLACED = [("resnet32_man", {}), ("resnet32_mlaan", {}), ("resnet32_infopro", {}), ("resnet34_man", SMALL),
+          ("resnet34_infopro", SMALL), ("vit_tiny_patch16_224_man", SMALL), ("vit_tiny_patch16_224_infopro", SMALL)]
+
+
+def tensors(model):
+    return {**dict(model.named_parameters()), **dict(model.named_buffers())}
+
+
+# ------------------------------------------------------------------------------------------ item 4
+@pytest.mark.parametrize("name,kwargs", PLACED)
+def test_device_meta_builds_every_tensor_on_meta(name, kwargs):
+    model = timm.create_model(name, device="meta", **kwargs)
+    assert any(n.startswith("aux.") for n in tensors(model))
+    elsewhere = [n for n, t in tensors(model).items() if t.device.type != "meta"]
+    assert not elsewhere, f"not on meta: {elsewhere[:5]}"
+
+
+@pytest.mark.parametrize("name,kwargs", PLACED)
+def test_dtype_builds_every_floating_tensor_in_that_dtype(name, kwargs):
+    model = timm.create_model(name, dtype=torch.bfloat16, **kwargs)
+    wrong = [n for n, t in tensors(model).items() if t.is_floating_point() and t.dtype != torch.bfloat16]
+    assert not wrong, f"not bfloat16: {wrong[:5]}"
+    assert torch.get_default_dtype() == torch.float32  # the build does not leak its default dtype
+
+
+def test_a_bfloat16_model_trains_locally():
+    model = timm.create_model("resnet32_man", dtype=torch.bfloat16)
+    logits, losses = model.local_step(torch.randn(4, 3, 32, 32, dtype=torch.bfloat16), torch.tensor([0, 1, 2, 3]))
+    assert logits.dtype == torch.bfloat16 and all(torch.isfinite(loss) for loss in losses)
+    assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad and "momentum" not in n)
+
+
+def test_a_measured_split_on_meta_says_what_to_pass():
+    with pytest.raises(ValueError, match="device='meta' cannot.*split='even'"):
+        timm.create_model("resnet32_infopro", num_local_modules=3, split="measured", device="meta")
+    model = timm.create_model("resnet32_infopro", num_local_modules=3, split="even", device="meta")
+    assert model.cuts == (5, 10)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name,kwargs", PLACED)
+def test_device_cuda_builds_every_tensor_on_the_gpu(name, kwargs):
+    model = timm.create_model(name, device="cuda", **kwargs)
+    assert all(t.device.type == "cuda" for t in tensors(model).values())
