@@ -55,3 +55,19 @@ def test_a_measured_split_on_meta_says_what_to_pass():
 def test_device_cuda_builds_every_tensor_on_the_gpu(name, kwargs):
     model = timm.create_model(name, device="cuda", **kwargs)
     assert all(t.device.type == "cuda" for t in tensors(model).values())
+
+
+# ------------------------------------------------------------------------------------------ item 6
+@pytest.mark.parametrize("name,kwargs", [("resnet32_man", {}), ("resnet34_infopro", SMALL),
+                                         ("vit_tiny_patch16_224_man", SMALL)])
+def test_reset_classifier_follows_the_model_dtype_and_mode(name, kwargs):
+    model = timm.create_model(name, **kwargs).to(torch.bfloat16).eval()
+    model.reset_classifier(7)
+    wrong = [n for n, t in tensors(model).items() if t.is_floating_point() and t.dtype != torch.bfloat16]
+    assert not wrong, f"not bfloat16 after reset_classifier: {wrong[:5]}"
+    training = [n for n, m in model.named_modules() if m.training]
+    assert not training, f"in train mode after reset_classifier: {training[:5]}"
+    assert model.get_classifier().out_features == 7 and model.aux[-1] is not None
+    model.train()
+    model.reset_classifier(3)
+    assert all(m.training for m in model.modules())

@@ -107,8 +107,9 @@ class LocalNet(nn.Module):
                 f"cuts={list(self.cuts)} ({self.split_kind})")
 
     def train(self, mode: bool = True) -> "LocalNet":
-        """Also flag the (unregistered) local-module wrappers, which DDP/Accelerate may wrap."""
+        """Also flag the (unregistered) backbone object and local-module wrappers, which DDP/Accelerate may wrap."""
         super().train(mode)
+        self.backbone.training = mode  # its children are ours; its own flag is read by reset_classifier()
         self.local_modules.train(mode)
         return self
 
@@ -151,11 +152,15 @@ class LocalNet(nn.Module):
         return self.backbone.get_classifier()
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """Replace the backbone's classifier as timm does; the aux nets are rebuilt for the new classes."""
+        """Replace the backbone's classifier as timm does; the aux nets are rebuilt for the new classes.
+
+        The new classifier and aux nets (re-initialised) take the model's device, dtype and train/eval mode.
+        """
         if global_pool is None:
             self.backbone.reset_classifier(num_classes)
         else:
             self.backbone.reset_classifier(num_classes, global_pool)
+        self.backbone.get_classifier().train(self.backbone.training)  # timm's ViT leaves a new head in train mode
         for name in [n for n in self._modules if n != "aux"]:
             del self._modules[name]
         del self._modules["aux"]
