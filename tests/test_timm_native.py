@@ -71,3 +71,21 @@ def test_reset_classifier_follows_the_model_dtype_and_mode(name, kwargs):
     model.train()
     model.reset_classifier(3)
     assert all(m.training for m in model.modules())
+
+
+# ------------------------------------------------------------------------------------------ item 5
+@pytest.mark.parametrize("name,kwargs", [("resnet34_infopro", SMALL), ("resnet34_man", SMALL),
+                                         ("vit_tiny_patch16_224_infopro", SMALL), ("resnet32_infopro", {})])
+def test_one_channel_images_reconstruct_one_channel(name, kwargs):
+    model = timm.create_model(name, in_chans=1, num_classes=5, **kwargs)
+    assert model.in_chans == 1 and len(model.mean) == len(model.std) == 1
+    size = model._input_size[1:]
+    x = torch.randn(2, 1, *size)
+    logits, losses = model.local_step(x, torch.tensor([0, 4]))
+    assert logits.shape == (2, 5) and all(torch.isfinite(loss) for loss in losses)
+
+
+def test_one_channel_normalisation_is_the_channel_average():
+    model = timm.create_model("resnet32_infopro", in_chans=1)  # CIFAR-10's per-channel mean / std
+    mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
+    assert model.mean == pytest.approx((sum(mean) / 3,)) and model.std == pytest.approx((sum(std) / 3,))

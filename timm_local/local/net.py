@@ -9,6 +9,7 @@ from collections import defaultdict
 from typing import Callable, Optional, Sequence
 
 import torch
+from timm.data.loader import adapt_to_chs
 from timm.layers import get_device_dtype
 from torch import nn
 
@@ -48,7 +49,9 @@ class LocalNet(nn.Module):
         describe: returns the backbone's :class:`BackboneLayout` (stem, blocks, head).
         method: the method's options (a :class:`~timm_local.methods.base.LocalMethod`).
         num_local_modules, split: see :func:`~timm_local.local.split.resolve_split`.
-        mean, std: the input normalisation (for InfoPro's reconstruction target).
+        mean, std: the input normalisation (for InfoPro's reconstruction target), adapted to the layout's
+            input channels as timm's loaders do (``timm.data.loader.adapt_to_chs``: a length mismatch
+            becomes the average, e.g. ImageNet's three means for ``in_chans=1``).
     """
 
     def __init__(self, backbone: nn.Module, describe: Describe, method: LocalMethod,
@@ -61,10 +64,10 @@ class LocalNet(nn.Module):
         self.__dict__["backbone"] = backbone
         self.__dict__["method"] = method
         self.__dict__["_describe"] = describe
-        self.mean, self.std = tuple(mean), tuple(std)
         self.__dict__["_normalisation_tensors"] = {}
         self._adopt_backbone_members()
         layout = describe(backbone)
+        self.mean, self.std = (tuple(adapt_to_chs(tuple(v), layout.input_size[0])) for v in (mean, std))
         self.__dict__["_probe"] = probe_features(layout)
         self.cuts, self.split_kind = resolve_split(
             layout, num_local_modules, split, self._probe,
@@ -117,6 +120,11 @@ class LocalNet(nn.Module):
     @property
     def num_classes(self) -> int:
         return self.backbone.num_classes
+
+    @property
+    def in_chans(self) -> int:
+        """Channels of the images the model (stem and aux nets) is built for, as timm models carry it."""
+        return self._input_size[0]
 
     @property
     def num_features(self) -> int:
