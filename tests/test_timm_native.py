@@ -89,3 +89,33 @@ def test_one_channel_normalisation_is_the_channel_average():
     model = timm.create_model("resnet32_infopro", in_chans=1)  # CIFAR-10's per-channel mean / std
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
     assert model.mean == pytest.approx((sum(mean) / 3,)) and model.std == pytest.approx((sum(std) / 3,))
+
+
+# ------------------------------------------------------------------------------------------ item 7
+def test_set_input_size_resizes_the_vit_and_rebuilds_its_aux_nets():
+    model = timm.create_model("vit_tiny_patch16_224_infopro", img_size=64, num_classes=5)
+    model.set_input_size(img_size=(96, 96))
+    assert model._input_size == (3, 96, 96) and model.pos_embed.shape[1] == 1 + 6 * 6
+    assert model.pos_embed is model.backbone.pos_embed  # the resampled embedding is the model's parameter
+    assert any(p is model.pos_embed for p in model.local_modules[0].parameters())
+    logits, losses = model.local_step(torch.randn(2, 3, 96, 96), torch.tensor([0, 4]))
+    assert logits.shape == (2, 5) and all(torch.isfinite(loss) for loss in losses)
+    assert model._model_args["img_size"] == (96, 96)
+
+
+def test_set_input_size_on_a_resnet_says_to_pass_img_size():
+    model = timm.create_model("resnet32_dgl")
+    with pytest.raises(NotImplementedError, match="has no set_input_size.*img_size="):
+        model.set_input_size(img_size=64)
+
+
+def test_drop_path_rate_is_stochastic_depth_on_the_cifar_resnets():
+    model = timm.create_model("resnet32_greedy", drop_path_rate=0.2)
+    last = model.layer3[-1].drop_path
+    assert last.drop_prob == pytest.approx(0.2) and isinstance(model.layer1[0].drop_path, torch.nn.Identity)
+    x = torch.randn(4, 3, 32, 32)
+    assert not torch.equal(model.train()(x), model(x))  # random paths in training
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+    assert model.state_dict().keys() == timm.create_model("resnet32_greedy").state_dict().keys()

@@ -11,6 +11,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from timm.data.loader import adapt_to_chs
 from timm.layers import get_device_dtype
+from timm.models._input import update_model_input_size
 from torch import nn
 
 from ..methods.base import BlockCopies, LocalMethod, LocalPlan, momentum_lerp_
@@ -169,11 +170,31 @@ class LocalNet(nn.Module):
         else:
             self.backbone.reset_classifier(num_classes, global_pool)
         self.backbone.get_classifier().train(self.backbone.training)  # timm's ViT leaves a new head in train mode
+        self._rebuild_local_modules(self._describe(self.backbone))
+
+    def set_input_size(self, img_size=None, patch_size=None, **kwargs) -> None:
+        """timm's ``set_input_size`` on the backbone (a ViT's patch grid and resampled position embedding).
+
+        The local modules keep their cuts; their aux nets are rebuilt (re-initialised) for the new size, as
+        after :meth:`reset_classifier`. Create the optimizer afterwards: timm replaces ``pos_embed``.
+        """
+        resize = getattr(self.backbone, "set_input_size", None)
+        if resize is None:
+            raise NotImplementedError(f"{type(self.backbone).__name__} has no set_input_size(): create the model "
+                                      f"with img_size=... instead")
+        resize(img_size=img_size, patch_size=patch_size, **kwargs)
+        layout = self._describe(self.backbone)
+        self.__dict__["_probe"] = probe_features(layout)
+        self._rebuild_local_modules(layout)
+        update_model_input_size(self, layout.input_size[1:], patch_size=patch_size)
+
+    def _rebuild_local_modules(self, layout: BackboneLayout) -> None:
+        """Re-adopt the backbone's (possibly replaced) members and rebuild local modules and aux nets on ``layout``."""
         for name in [n for n in self._modules if n != "aux"]:
             del self._modules[name]
         del self._modules["aux"]
         self._adopt_backbone_members()
-        self._build_local_modules(self._describe(self.backbone))
+        self._build_local_modules(layout)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.backbone.set_grad_checkpointing(enable)

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 import torch
 from torch import nn
-from timm.layers import create_classifier, get_device_dtype
+from timm.layers import DropPath, create_classifier, get_device_dtype
 from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, register_model
 from timm.models._manipulate import checkpoint_seq
 
@@ -28,10 +28,10 @@ BLOCKS_PER_STAGE = {32: 5, 110: 18}
 
 
 class BasicBlock(nn.Module):
-    """conv3x3(stride) → BN → ReLU → conv3x3 → BN, + shortcut (1x1 conv + BN when the shape changes) → ReLU."""
+    """conv3x3(stride) → BN → ReLU → conv3x3 → BN → drop-path, + shortcut (1x1 conv + BN on a shape change) → ReLU."""
 
     def __init__(self, in_channels: int, channels: int, stride: int = 1, drop_rate: float = 0.0,
-                 device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None):
+                 drop_path: float = 0.0, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None):
         super().__init__()
         dd = {"device": device, "dtype": dtype}
         self.conv1 = nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1, bias=False, **dd)
@@ -44,24 +44,26 @@ class BasicBlock(nn.Module):
         if stride != 1 or in_channels != channels:
             self.downsample = nn.Sequential(nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False, **dd),
                                             nn.BatchNorm2d(channels, **dd))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.act2 = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.bn2(self.conv2(self.drop(self.act1(self.bn1(self.conv1(x))))))
-        return self.act2(out + shortcut)
+        return self.act2(self.drop_path(out) + shortcut)
 
 
 class CifarResNet(nn.Module):
     """ResNet-(6n+2) for 32 px (CIFAR-10, SVHN) and 96 px (STL-10) images, timm-style.
 
     Stem conv3x3(in_chans → 16) → BN → ReLU (no max-pool); three stages of n BasicBlocks with widths
-    16, 32, 64 and strides 1, 2, 2; global average pooling → Linear(64 → num_classes). ``device`` and
-    ``dtype`` are timm's factory kwargs: every parameter and buffer is created there.
+    16, 32, 64 and strides 1, 2, 2; global average pooling → Linear(64 → num_classes). ``drop_path_rate``
+    is stochastic depth on the residual branches, rising linearly to it over the blocks as in timm's
+    ResNet. ``device`` and ``dtype`` are timm's factory kwargs: every parameter and buffer is created there.
     """
 
     def __init__(self, depth: int = 32, num_classes: int = 10, in_chans: int = 3, global_pool: str = "avg",
-                 drop_rate: float = 0.0, img_size: int | Sequence[int] = 32,
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, img_size: int | Sequence[int] = 32,
                  device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None):
         super().__init__()
         dd = {"device": device, "dtype": dtype}
@@ -80,9 +82,11 @@ class CifarResNet(nn.Module):
         self.feature_info = [dict(num_chs=STAGE_WIDTHS[0], reduction=1, module="act1")]
         in_channels = STAGE_WIDTHS[0]
         stages = []
+        num_blocks = n * len(STAGE_WIDTHS)
         for i, width in enumerate(STAGE_WIDTHS):
             stride = 1 if i == 0 else 2
-            blocks = [BasicBlock(in_channels if b == 0 else width, width, stride if b == 0 else 1, **dd)
+            blocks = [BasicBlock(in_channels if b == 0 else width, width, stride if b == 0 else 1,
+                                 drop_path=drop_path_rate * (i * n + b) / (num_blocks - 1), **dd)
                       for b in range(n)]
             stages.append(nn.Sequential(*blocks))
             in_channels = width
@@ -240,14 +244,14 @@ default_cfgs = generate_default_cfgs({
        for name, cfg in _published_cfgs(f"resnet{depth}_{method}", method).items()},
 })
 
-_BACKBONE_ARGS = ("num_classes", "in_chans", "global_pool", "drop_rate", "img_size", "device", "dtype")
+_BACKBONE_ARGS = ("num_classes", "in_chans", "global_pool", "drop_rate", "drop_path_rate", "img_size", "device",
+                  "dtype")
 
 
 def _build_local_cifar_resnet(depth: int, method: str, tag_dataset: Optional[str] = None,
                               num_local_modules: Optional[int] = None, **kwargs) -> LocalNet:
     """Backbone + localize. The dataset (the ``dataset`` option, else the tag's) picks λ rows and the
     normalisation InfoPro's reconstruction target undoes. A misspelled keyword gets the closest valid name."""
-    kwargs.pop("drop_path_rate", None)  # timm's train.py passes it; these ResNets have no drop-path
     reject_unknown_options(kwargs, {"the local split": ("num_local_modules", "split"),
                                     f"method {method!r}": METHODS[method].option_names(),
                                     "the CifarResNet backbone": _BACKBONE_ARGS}, f"resnet{depth}_{method}")
