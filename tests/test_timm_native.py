@@ -119,3 +119,41 @@ def test_drop_path_rate_is_stochastic_depth_on_the_cifar_resnets():
     with torch.no_grad():
         assert torch.equal(model(x), model(x))
     assert model.state_dict().keys() == timm.create_model("resnet32_greedy").state_dict().keys()
+
+
+# ------------------------------------------------------------------------------------------ item 8
+TRACED = [("resnet32_man", {}), ("resnet34_infopro", SMALL), ("vit_tiny_patch16_224_man", SMALL)]
+
+
+@pytest.mark.parametrize("name,kwargs", TRACED)
+def test_forward_intermediates_as_timm_tests_it(name, kwargs):
+    model = timm.create_model(name, **kwargs).eval()
+    x = torch.randn(2, *model._input_size)
+    with torch.no_grad():
+        output, intermediates = model.forward_intermediates(x)
+        assert torch.allclose(output, model.forward_features(x))
+        assert len(intermediates) == len(model.feature_info)
+        if name.startswith("resnet"):
+            channels = [info["num_chs"] for info in model.feature_info]
+            assert [t.shape[1] for t in intermediates] == channels
+        last = model.forward_intermediates(x, indices=1, intermediates_only=True)
+        assert len(last) == 1 and torch.equal(last[0], intermediates[-1])
+        getter = timm.create_model(name, features_only=True, feature_cls="getter", **kwargs).eval()
+        assert all(f.dim() == 4 for f in getter(x))
+
+
+@pytest.mark.parametrize("name,kwargs", TRACED)
+def test_fx_traces_the_plain_forward(name, kwargs):
+    from timm.models import create_feature_extractor
+
+    model = timm.create_model(name, **kwargs).eval()
+    x = torch.randn(2, *model._input_size)
+    graph = torch.fx.symbolic_trace(model)
+    assert not any(n.op == "call_module" and n.target.startswith("aux") for n in graph.graph.nodes)
+    with torch.no_grad():
+        assert torch.equal(graph(x), model(x))
+        node = "layer1" if name.startswith("resnet") else "blocks.0"
+        features = create_feature_extractor(model, return_nodes=[node])(x)
+        assert list(features) == [node]
+        fx_net = timm.create_model(name, features_only=True, feature_cls="fx", **kwargs).eval()
+        assert len(fx_net(x)) == len(fx_net.feature_info.channels())

@@ -153,9 +153,19 @@ class LocalNet(nn.Module):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.backbone.forward_head(x, pre_logits=pre_logits)
 
+    def forward_intermediates(self, x: torch.Tensor, *args, **kwargs):
+        """The backbone's ``forward_intermediates`` (timm's signature: indices, norm, stop_early, output_fmt,
+        intermediates_only), which ``features_only=True, feature_cls='getter'`` calls. There is no
+        ``prune_intermediate_layers``: every block belongs to a local module, so the getter keeps them all."""
+        return self.backbone.forward_intermediates(x, *args, **kwargs)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Plain inference: stem → every block → head. No aux nets, no losses."""
-        return self.backbone(x)
+        """Plain inference: stem → every block → head. No aux nets, no losses.
+
+        The backbone's ``forward`` is called as a method, not as a module: its layers are registered on
+        this model under their timm names, so ``torch.fx`` traces through it (hooks belong on this model).
+        """
+        return self.backbone.forward(x)
 
     def get_classifier(self) -> nn.Module:
         return self.backbone.get_classifier()

@@ -8,12 +8,13 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
 from timm.layers import DropPath, create_classifier, get_device_dtype
 from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, register_model
+from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
 from ..constants import CIFAR10_LABELS, CIFAR10_MEAN, CIFAR10_STD, HALF_MEAN, HALF_STD, STL10_LABELS, SVHN_LABELS
@@ -126,7 +127,7 @@ class CifarResNet(nn.Module):
         return self.act1(self.bn1(self.conv1(x)))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] != self.in_chans:
+        if not isinstance(x, torch.fx.Proxy) and x.shape[1] != self.in_chans:  # no shape to check in fx tracing
             raise ValueError(f"expected {self.in_chans}-channel images, got a batch of shape {tuple(x.shape)}: "
                              f"create the model with in_chans={x.shape[1]} or convert the images")
         x = self.forward_stem(x)
@@ -136,6 +137,27 @@ class CifarResNet(nn.Module):
             else:
                 x = stage(x)
         return x
+
+    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, Sequence[int]]] = None,
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False
+                              ) -> Union[list[torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]]:
+        """timm's ``forward_intermediates`` over ``feature_info`` (stem, layer1..3), as timm's ResNet.
+
+        ``indices``: the last n features if an int, all if None, else those indices; ``norm`` is a no-op
+        (no final norm); ``stop_early`` skips the stages after the last one taken.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt={output_fmt!r}: CifarResNet features are NCHW only")
+        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+        x = self.forward_stem(x)
+        intermediates = [x] if 0 in take_indices else []
+        stages = self.stages()[:max_index] if stop_early else self.stages()
+        for i, stage in enumerate(stages, start=1):
+            x = checkpoint_seq(stage, x) if self.grad_checkpointing and not torch.jit.is_scripting() else stage(x)
+            if i in take_indices:
+                intermediates.append(x)
+        return intermediates if intermediates_only else (x, intermediates)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.head_drop(self.global_pool(x))
