@@ -291,3 +291,16 @@ def test_table_of_published_models(exported, tmp_path, monkeypatch):
     update_readme(readme, table)
     assert readme.read_text() == f"# x\n{START}\n{table}\n{END}\ntail\n"
     assert published_table(tmp_path / "empty") == "_No published models yet._"
+
+
+def test_export_holds_the_backbone_parameters_only(exported):
+    """timm's scripts count every parameter (aux nets and momentum copies included); the Hub folder has the network's."""
+    model = exported["model"]
+    weights = safetensors.torch.load_file(exported["folder"] / "model.safetensors")
+    params = dict(model.named_parameters())
+    exported_params = {k for k in weights if k in params}
+    assert exported_params == {n for n, _ in model.backbone.named_parameters()}
+    backbone = sum(weights[k].numel() for k in exported_params)
+    assert backbone == count_stats(model).params < sum(p.numel() for p in model.parameters())
+    loaded = timm.create_model(f"local-dir:{exported['folder']}", pretrained=True)
+    assert sum(p.numel() for p in loaded.backbone.parameters()) == backbone

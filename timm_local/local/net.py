@@ -9,12 +9,16 @@ from collections import defaultdict
 from typing import Callable, Optional, Sequence
 
 import torch
+from timm.data.loader import adapt_to_chs
+from timm.layers import get_device_dtype
+from timm.models._input import update_model_input_size
 from torch import nn
 
 from ..methods.base import BlockCopies, LocalMethod, LocalPlan, momentum_lerp_
 from .context import LocalContext
 from .layout import BackboneLayout, probe_features
 from .module import LocalModule
+from .placement import factory_defaults
 from .split import SplitSpec, measure_module_costs, resolve_split
 
 Describe = Callable[[nn.Module], BackboneLayout]
@@ -46,7 +50,9 @@ class LocalNet(nn.Module):
         describe: returns the backbone's :class:`BackboneLayout` (stem, blocks, head).
         method: the method's options (a :class:`~timm_local.methods.base.LocalMethod`).
         num_local_modules, split: see :func:`~timm_local.local.split.resolve_split`.
-        mean, std: the input normalisation (for InfoPro's reconstruction target).
+        mean, std: the input normalisation (for InfoPro's reconstruction target), adapted to the layout's
+            input channels as timm's loaders do (``timm.data.loader.adapt_to_chs``: a length mismatch
+            becomes the average, e.g. ImageNet's three means for ``in_chans=1``).
     """
 
     def __init__(self, backbone: nn.Module, describe: Describe, method: LocalMethod,
@@ -59,10 +65,10 @@ class LocalNet(nn.Module):
         self.__dict__["backbone"] = backbone
         self.__dict__["method"] = method
         self.__dict__["_describe"] = describe
-        self.mean, self.std = tuple(mean), tuple(std)
         self.__dict__["_normalisation_tensors"] = {}
         self._adopt_backbone_members()
         layout = describe(backbone)
+        self.mean, self.std = (tuple(adapt_to_chs(tuple(v), layout.input_size[0])) for v in (mean, std))
         self.__dict__["_probe"] = probe_features(layout)
         self.cuts, self.split_kind = resolve_split(
             layout, num_local_modules, split, self._probe,
@@ -83,7 +89,8 @@ class LocalNet(nn.Module):
         num_classes = self.backbone.num_classes
         plan = LocalPlan(layout=layout, cuts=self.cuts, probe=self._probe, num_classes=num_classes,
                          split_kind=self.split_kind)
-        objectives = self.method.build_objectives(plan) if num_classes > 0 else [None] * plan.num_modules
+        with factory_defaults(**get_device_dtype(self.backbone)):  # aux nets where the backbone is (timm's dd)
+            objectives = self.method.build_objectives(plan) if num_classes > 0 else [None] * plan.num_modules
         modules = []
         for k in range(plan.num_modules):
             modules.append(LocalModule(
@@ -94,6 +101,7 @@ class LocalNet(nn.Module):
                 head=layout.head if k == plan.num_modules - 1 else None,
             ))
         self.aux = nn.ModuleList([obj if obj is not None else nn.Identity() for obj in objectives])
+        self.aux.train(self.backbone.training)  # reset_classifier() after .eval() keeps the model's mode
         self.__dict__["local_modules"] = nn.ModuleList(modules)
         self.__dict__["_trainable"] = num_classes > 0
         self.__dict__["_input_size"] = tuple(layout.input_size)
@@ -103,8 +111,9 @@ class LocalNet(nn.Module):
                 f"cuts={list(self.cuts)} ({self.split_kind})")
 
     def train(self, mode: bool = True) -> "LocalNet":
-        """Also flag the (unregistered) local-module wrappers, which DDP/Accelerate may wrap."""
+        """Also flag the (unregistered) backbone object and local-module wrappers, which DDP/Accelerate may wrap."""
         super().train(mode)
+        self.backbone.training = mode  # its children are ours; its own flag is read by reset_classifier()
         self.local_modules.train(mode)
         return self
 
@@ -112,6 +121,11 @@ class LocalNet(nn.Module):
     @property
     def num_classes(self) -> int:
         return self.backbone.num_classes
+
+    @property
+    def in_chans(self) -> int:
+        """Channels of the images the model (stem and aux nets) is built for, as timm models carry it."""
+        return self._input_size[0]
 
     @property
     def num_features(self) -> int:
@@ -139,24 +153,58 @@ class LocalNet(nn.Module):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.backbone.forward_head(x, pre_logits=pre_logits)
 
+    def forward_intermediates(self, x: torch.Tensor, *args, **kwargs):
+        """The backbone's ``forward_intermediates`` (timm's signature: indices, norm, stop_early, output_fmt,
+        intermediates_only), which ``features_only=True, feature_cls='getter'`` calls. There is no
+        ``prune_intermediate_layers``: every block belongs to a local module, so the getter keeps them all."""
+        return self.backbone.forward_intermediates(x, *args, **kwargs)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Plain inference: stem → every block → head. No aux nets, no losses."""
-        return self.backbone(x)
+        """Plain inference: stem → every block → head. No aux nets, no losses.
+
+        The backbone's ``forward`` is called as a method, not as a module: its layers are registered on
+        this model under their timm names, so ``torch.fx`` traces through it (hooks belong on this model).
+        """
+        return self.backbone.forward(x)
 
     def get_classifier(self) -> nn.Module:
         return self.backbone.get_classifier()
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """Replace the backbone's classifier as timm does; the aux nets are rebuilt for the new classes."""
+        """Replace the backbone's classifier as timm does; the aux nets are rebuilt for the new classes.
+
+        The new classifier and aux nets (re-initialised) take the model's device, dtype and train/eval mode.
+        """
         if global_pool is None:
             self.backbone.reset_classifier(num_classes)
         else:
             self.backbone.reset_classifier(num_classes, global_pool)
+        self.backbone.get_classifier().train(self.backbone.training)  # timm's ViT leaves a new head in train mode
+        self._rebuild_local_modules(self._describe(self.backbone))
+
+    def set_input_size(self, img_size=None, patch_size=None, **kwargs) -> None:
+        """timm's ``set_input_size`` on the backbone (a ViT's patch grid and resampled position embedding).
+
+        The local modules keep their cuts; their aux nets are rebuilt (re-initialised) for the new size, as
+        after :meth:`reset_classifier`. Create the optimizer afterwards: timm replaces ``pos_embed``.
+        """
+        resize = getattr(self.backbone, "set_input_size", None)
+        if resize is None:
+            raise NotImplementedError(f"{type(self.backbone).__name__} has no set_input_size(): create the model "
+                                      f"with img_size=... instead")
+        resize(img_size=img_size, patch_size=patch_size, **kwargs)
+        layout = self._describe(self.backbone)
+        self.__dict__["_probe"] = probe_features(layout)
+        self._rebuild_local_modules(layout)
+        update_model_input_size(self, layout.input_size[1:], patch_size=patch_size)
+
+    def _rebuild_local_modules(self, layout: BackboneLayout) -> None:
+        """Re-adopt the backbone's (possibly replaced) members and rebuild local modules and aux nets on ``layout``."""
         for name in [n for n in self._modules if n != "aux"]:
             del self._modules[name]
         del self._modules["aux"]
         self._adopt_backbone_members()
-        self._build_local_modules(self._describe(self.backbone))
+        self._build_local_modules(layout)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.backbone.set_grad_checkpointing(enable)

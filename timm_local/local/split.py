@@ -259,6 +259,9 @@ def measure_module_costs(layout: BackboneLayout, method: LocalMethod, probe: Fea
     param = next(layout.stem.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    if device.type == "meta":
+        raise ValueError("a measured split runs the backbone to measure its memory, which device='meta' cannot: pass "
+                         "split='even' or explicit cuts (split=[...]), or a K with a published table")
     weights = [t for m in modules for t in (*m.parameters(), *m.buffers())]
     image = torch.zeros(batch_size, *layout.input_size, device=device, dtype=dtype)
     counter = _SavedStorages(weights)

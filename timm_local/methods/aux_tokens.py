@@ -5,7 +5,7 @@
   ``1f`` = Linear(C → out); ``2f`` = Linear(C → C·w) → GELU → Linear(C·w → out); ``3f`` adds one more
   Linear(C·w → C·w) → GELU. Token heads have no conv analogue, so the ``<n>c`` part is not used: token
   mixing before an aux head is the method's business (MAN's copied blocks).
-* :class:`TokenDecoder` (InfoPro's reconstruction): the patch tokens → LayerNorm → Linear(C → p_h·p_w·3),
+* :class:`TokenDecoder` (InfoPro's reconstruction): the patch tokens → LayerNorm → Linear(C → p_h·p_w·image channels),
   unpatchified back to the image, as logits of the [0, 1] pixels (the sigmoid is folded into the BCE loss).
 
 Linear layers are initialised as timm's ViT does (truncated normal, std 0.02, zero bias), LayerNorm to 1 / 0.

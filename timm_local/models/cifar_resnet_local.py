@@ -8,12 +8,13 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
-from timm.layers import create_classifier
+from timm.layers import DropPath, create_classifier, get_device_dtype
 from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, register_model
+from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
 from ..constants import CIFAR10_LABELS, CIFAR10_MEAN, CIFAR10_STD, HALF_MEAN, HALF_STD, STL10_LABELS, SVHN_LABELS
@@ -31,38 +32,45 @@ BLOCKS_PER_STAGE = {32: 5, 110: 18}
 
 
 class BasicBlock(nn.Module):
-    """conv3x3(stride) → BN → ReLU → conv3x3 → BN, + shortcut (1x1 conv + BN when the shape changes) → ReLU."""
+    """conv3x3(stride) → BN → ReLU → conv3x3 → BN → drop-path, + shortcut (1x1 conv + BN on a shape change) → ReLU."""
 
-    def __init__(self, in_channels: int, channels: int, stride: int = 1, drop_rate: float = 0.0):
+    def __init__(self, in_channels: int, channels: int, stride: int = 1, drop_rate: float = 0.0,
+                 drop_path: float = 0.0, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
+        dd = {"device": device, "dtype": dtype}
+        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1, bias=False, **dd)
+        self.bn1 = nn.BatchNorm2d(channels, **dd)
         self.act1 = nn.ReLU(inplace=True)
         self.drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False, **dd)
+        self.bn2 = nn.BatchNorm2d(channels, **dd)
         self.downsample = None
         if stride != 1 or in_channels != channels:
-            self.downsample = nn.Sequential(nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False),
-                                            nn.BatchNorm2d(channels))
+            self.downsample = nn.Sequential(nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False, **dd),
+                                            nn.BatchNorm2d(channels, **dd))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.act2 = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.bn2(self.conv2(self.drop(self.act1(self.bn1(self.conv1(x))))))
-        return self.act2(out + shortcut)
+        return self.act2(self.drop_path(out) + shortcut)
 
 
 class CifarResNet(nn.Module):
     """ResNet-(6n+2) for 32 px (CIFAR-10, SVHN) and 96 px (STL-10) images, timm-style.
 
     Stem conv3x3(in_chans → 16) → BN → ReLU (no max-pool); three stages of n BasicBlocks with widths
-    16, 32, 64 and strides 1, 2, 2; global average pooling → Linear(64 → num_classes).
+    16, 32, 64 and strides 1, 2, 2; global average pooling → Linear(64 → num_classes). ``drop_path_rate``
+    is stochastic depth on the residual branches, rising linearly to it over the blocks as in timm's
+    ResNet. ``device`` and ``dtype`` are timm's factory kwargs: every parameter and buffer is created there.
     """
 
     def __init__(self, depth: int = 32, num_classes: int = 10, in_chans: int = 3, global_pool: str = "avg",
-                 drop_rate: float = 0.0, img_size: int | Sequence[int] = 32):
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, img_size: int | Sequence[int] = 32,
+                 device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None):
         super().__init__()
+        dd = {"device": device, "dtype": dtype}
         if depth not in BLOCKS_PER_STAGE:
             raise ValueError(f"depth={depth} is not a CIFAR ResNet we ship: choose one of {sorted(BLOCKS_PER_STAGE)}")
         self.depth = depth
@@ -72,21 +80,24 @@ class CifarResNet(nn.Module):
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
         n = BLOCKS_PER_STAGE[depth]
-        self.conv1 = nn.Conv2d(in_chans, STAGE_WIDTHS[0], 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(STAGE_WIDTHS[0])
+        self.conv1 = nn.Conv2d(in_chans, STAGE_WIDTHS[0], 3, padding=1, bias=False, **dd)
+        self.bn1 = nn.BatchNorm2d(STAGE_WIDTHS[0], **dd)
         self.act1 = nn.ReLU(inplace=True)
         self.feature_info = [dict(num_chs=STAGE_WIDTHS[0], reduction=1, module="act1")]
         in_channels = STAGE_WIDTHS[0]
         stages = []
+        num_blocks = n * len(STAGE_WIDTHS)
         for i, width in enumerate(STAGE_WIDTHS):
             stride = 1 if i == 0 else 2
-            blocks = [BasicBlock(in_channels if b == 0 else width, width, stride if b == 0 else 1) for b in range(n)]
+            blocks = [BasicBlock(in_channels if b == 0 else width, width, stride if b == 0 else 1,
+                                 drop_path=drop_path_rate * (i * n + b) / (num_blocks - 1), **dd)
+                      for b in range(n)]
             stages.append(nn.Sequential(*blocks))
             in_channels = width
             self.feature_info.append(dict(num_chs=width, reduction=2 ** i, module=f"layer{i + 1}"))
         self.layer1, self.layer2, self.layer3 = stages
         self.num_features = self.head_hidden_size = STAGE_WIDTHS[-1]
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool, **dd)
         self.head_drop = nn.Dropout(drop_rate)
         reset_parameters_like_resnet(self)
 
@@ -105,15 +116,21 @@ class CifarResNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.fc
 
-    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """A new classifier on the model's device, in its dtype and mode (as timm's ResNet); pool kept if None."""
+        if global_pool is None:
+            global_pool = self.global_pool.pool_type
         self.num_classes = num_classes
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool,
+                                                      **get_device_dtype(self))
+        self.global_pool.train(self.training)
+        self.fc.train(self.training)
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.act1(self.bn1(self.conv1(x)))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] != self.in_chans:
+        if not isinstance(x, torch.fx.Proxy) and x.shape[1] != self.in_chans:  # no shape to check in fx tracing
             raise ValueError(f"expected {self.in_chans}-channel images, got a batch of shape {tuple(x.shape)}: "
                              f"create the model with in_chans={x.shape[1]} or convert the images")
         x = self.forward_stem(x)
@@ -123,6 +140,27 @@ class CifarResNet(nn.Module):
             else:
                 x = stage(x)
         return x
+
+    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, Sequence[int]]] = None,
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False
+                              ) -> Union[list[torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]]:
+        """timm's ``forward_intermediates`` over ``feature_info`` (stem, layer1..3), as timm's ResNet.
+
+        ``indices``: the last n features if an int, all if None, else those indices; ``norm`` is a no-op
+        (no final norm); ``stop_early`` skips the stages after the last one taken.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt={output_fmt!r}: CifarResNet features are NCHW only")
+        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+        x = self.forward_stem(x)
+        intermediates = [x] if 0 in take_indices else []
+        stages = self.stages()[:max_index] if stop_early else self.stages()
+        for i, stage in enumerate(stages, start=1):
+            x = checkpoint_seq(stage, x) if self.grad_checkpointing and not torch.jit.is_scripting() else stage(x)
+            if i in take_indices:
+                intermediates.append(x)
+        return intermediates if intermediates_only else (x, intermediates)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.head_drop(self.global_pool(x))
@@ -231,14 +269,14 @@ default_cfgs = generate_default_cfgs({
        for name, cfg in _published_cfgs(f"resnet{depth}_{method}", method).items()},
 })
 
-_BACKBONE_ARGS = ("num_classes", "in_chans", "global_pool", "drop_rate", "img_size")
+_BACKBONE_ARGS = ("num_classes", "in_chans", "global_pool", "drop_rate", "drop_path_rate", "img_size", "device",
+                  "dtype")
 
 
 def _build_local_cifar_resnet(depth: int, method: str, tag_dataset: Optional[str] = None,
                               num_local_modules: Optional[int] = None, **kwargs) -> LocalNet:
     """Backbone + localize. The dataset (the ``dataset`` option, else the tag's) picks λ rows and the
     normalisation InfoPro's reconstruction target undoes. A misspelled keyword gets the closest valid name."""
-    kwargs.pop("drop_path_rate", None)  # timm's train.py passes it; these ResNets have no drop-path
     reject_unknown_options(kwargs, {"the local split": ("num_local_modules", "split"),
                                     f"method {method!r}": METHODS[method].option_names(),
                                     "the CifarResNet backbone": _BACKBONE_ARGS}, f"resnet{depth}_{method}")

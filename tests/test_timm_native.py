@@ -1,0 +1,159 @@
+"""timm 1.0.31's model API on our models (issue 13 items 4–8): device/dtype, in_chans, reset_classifier,
+set_input_size, drop_path_rate, forward_intermediates and fx.
+
+ImageNet-size models are kept small (64 px, resnet34 / vit_tiny) for a CPU budget.
+"""
+import pytest
+import timm
+import torch
+
+import timm_local  # noqa: F401  (registers the models)
+
+SMALL = dict(img_size=64)
+# One name per aux-net family (CIFAR / ImageNet CNN / tokens), with momentum copies (MAN) and clones (MLAAN).
+PLACED = [("resnet32_man", {}), ("resnet32_mlaan", {}), ("resnet32_infopro", {}), ("resnet34_man", SMALL),
+          ("resnet34_infopro", SMALL), ("vit_tiny_patch16_224_man", SMALL), ("vit_tiny_patch16_224_infopro", SMALL)]
+
+
+def tensors(model):
+    return {**dict(model.named_parameters()), **dict(model.named_buffers())}
+
+
+# ------------------------------------------------------------------------------------------ item 4
+@pytest.mark.parametrize("name,kwargs", PLACED)
+def test_device_meta_builds_every_tensor_on_meta(name, kwargs):
+    model = timm.create_model(name, device="meta", **kwargs)
+    assert any(n.startswith("aux.") for n in tensors(model))
+    elsewhere = [n for n, t in tensors(model).items() if t.device.type != "meta"]
+    assert not elsewhere, f"not on meta: {elsewhere[:5]}"
+
+
+@pytest.mark.parametrize("name,kwargs", PLACED)
+def test_dtype_builds_every_floating_tensor_in_that_dtype(name, kwargs):
+    model = timm.create_model(name, dtype=torch.bfloat16, **kwargs)
+    wrong = [n for n, t in tensors(model).items() if t.is_floating_point() and t.dtype != torch.bfloat16]
+    assert not wrong, f"not bfloat16: {wrong[:5]}"
+    assert torch.get_default_dtype() == torch.float32  # the build does not leak its default dtype
+
+
+def test_a_bfloat16_model_trains_locally():
+    model = timm.create_model("resnet32_man", dtype=torch.bfloat16)
+    logits, losses = model.local_step(torch.randn(4, 3, 32, 32, dtype=torch.bfloat16), torch.tensor([0, 1, 2, 3]))
+    assert logits.dtype == torch.bfloat16 and all(torch.isfinite(loss) for loss in losses)
+    assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad and "momentum" not in n)
+
+
+def test_a_measured_split_on_meta_says_what_to_pass():
+    with pytest.raises(ValueError, match="device='meta' cannot.*split='even'"):
+        timm.create_model("resnet32_infopro", num_local_modules=3, split="measured", device="meta")
+    model = timm.create_model("resnet32_infopro", num_local_modules=3, split="even", device="meta")
+    assert model.cuts == (5, 10)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name,kwargs", PLACED)
+def test_device_cuda_builds_every_tensor_on_the_gpu(name, kwargs):
+    model = timm.create_model(name, device="cuda", **kwargs)
+    assert all(t.device.type == "cuda" for t in tensors(model).values())
+
+
+# ------------------------------------------------------------------------------------------ item 6
+@pytest.mark.parametrize("name,kwargs", [("resnet32_man", {}), ("resnet34_infopro", SMALL),
+                                         ("vit_tiny_patch16_224_man", SMALL)])
+def test_reset_classifier_follows_the_model_dtype_and_mode(name, kwargs):
+    model = timm.create_model(name, **kwargs).to(torch.bfloat16).eval()
+    model.reset_classifier(7)
+    wrong = [n for n, t in tensors(model).items() if t.is_floating_point() and t.dtype != torch.bfloat16]
+    assert not wrong, f"not bfloat16 after reset_classifier: {wrong[:5]}"
+    training = [n for n, m in model.named_modules() if m.training]
+    assert not training, f"in train mode after reset_classifier: {training[:5]}"
+    assert model.get_classifier().out_features == 7 and model.aux[-1] is not None
+    model.train()
+    model.reset_classifier(3)
+    assert all(m.training for m in model.modules())
+
+
+# ------------------------------------------------------------------------------------------ item 5
+@pytest.mark.parametrize("name,kwargs", [("resnet34_infopro", SMALL), ("resnet34_man", SMALL),
+                                         ("vit_tiny_patch16_224_infopro", SMALL), ("resnet32_infopro", {})])
+def test_one_channel_images_reconstruct_one_channel(name, kwargs):
+    model = timm.create_model(name, in_chans=1, num_classes=5, **kwargs)
+    assert model.in_chans == 1 and len(model.mean) == len(model.std) == 1
+    size = model._input_size[1:]
+    x = torch.randn(2, 1, *size)
+    logits, losses = model.local_step(x, torch.tensor([0, 4]))
+    assert logits.shape == (2, 5) and all(torch.isfinite(loss) for loss in losses)
+
+
+def test_one_channel_normalisation_is_the_channel_average():
+    model = timm.create_model("resnet32_infopro", in_chans=1)  # CIFAR-10's per-channel mean / std
+    mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
+    assert model.mean == pytest.approx((sum(mean) / 3,)) and model.std == pytest.approx((sum(std) / 3,))
+
+
+# ------------------------------------------------------------------------------------------ item 7
+def test_set_input_size_resizes_the_vit_and_rebuilds_its_aux_nets():
+    model = timm.create_model("vit_tiny_patch16_224_infopro", img_size=64, num_classes=5)
+    model.set_input_size(img_size=(96, 96))
+    assert model._input_size == (3, 96, 96) and model.pos_embed.shape[1] == 1 + 6 * 6
+    assert model.pos_embed is model.backbone.pos_embed  # the resampled embedding is the model's parameter
+    assert any(p is model.pos_embed for p in model.local_modules[0].parameters())
+    logits, losses = model.local_step(torch.randn(2, 3, 96, 96), torch.tensor([0, 4]))
+    assert logits.shape == (2, 5) and all(torch.isfinite(loss) for loss in losses)
+    assert model._model_args["img_size"] == (96, 96)
+
+
+def test_set_input_size_on_a_resnet_says_to_pass_img_size():
+    model = timm.create_model("resnet32_dgl")
+    with pytest.raises(NotImplementedError, match="has no set_input_size.*img_size="):
+        model.set_input_size(img_size=64)
+
+
+def test_drop_path_rate_is_stochastic_depth_on_the_cifar_resnets():
+    model = timm.create_model("resnet32_greedy", drop_path_rate=0.2)
+    last = model.layer3[-1].drop_path
+    assert last.drop_prob == pytest.approx(0.2) and isinstance(model.layer1[0].drop_path, torch.nn.Identity)
+    x = torch.randn(4, 3, 32, 32)
+    assert not torch.equal(model.train()(x), model(x))  # random paths in training
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+    assert model.state_dict().keys() == timm.create_model("resnet32_greedy").state_dict().keys()
+
+
+# ------------------------------------------------------------------------------------------ item 8
+TRACED = [("resnet32_man", {}), ("resnet34_infopro", SMALL), ("vit_tiny_patch16_224_man", SMALL)]
+
+
+@pytest.mark.parametrize("name,kwargs", TRACED)
+def test_forward_intermediates_as_timm_tests_it(name, kwargs):
+    model = timm.create_model(name, **kwargs).eval()
+    x = torch.randn(2, *model._input_size)
+    with torch.no_grad():
+        output, intermediates = model.forward_intermediates(x)
+        assert torch.allclose(output, model.forward_features(x))
+        assert len(intermediates) == len(model.feature_info)
+        if name.startswith("resnet"):
+            channels = [info["num_chs"] for info in model.feature_info]
+            assert [t.shape[1] for t in intermediates] == channels
+        last = model.forward_intermediates(x, indices=1, intermediates_only=True)
+        assert len(last) == 1 and torch.equal(last[0], intermediates[-1])
+        getter = timm.create_model(name, features_only=True, feature_cls="getter", **kwargs).eval()
+        assert all(f.dim() == 4 for f in getter(x))
+
+
+@pytest.mark.parametrize("name,kwargs", TRACED)
+def test_fx_traces_the_plain_forward(name, kwargs):
+    from timm.models import create_feature_extractor
+
+    model = timm.create_model(name, **kwargs).eval()
+    x = torch.randn(2, *model._input_size)
+    graph = torch.fx.symbolic_trace(model)
+    assert not any(n.op == "call_module" and n.target.startswith("aux") for n in graph.graph.nodes)
+    with torch.no_grad():
+        assert torch.equal(graph(x), model(x))
+        node = "layer1" if name.startswith("resnet") else "blocks.0"
+        features = create_feature_extractor(model, return_nodes=[node])(x)
+        assert list(features) == [node]
+        fx_net = timm.create_model(name, features_only=True, feature_cls="fx", **kwargs).eval()
+        assert len(fx_net(x)) == len(fx_net.feature_info.channels())
