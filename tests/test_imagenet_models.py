@@ -184,7 +184,7 @@ def test_localize_any_timm_resnet_and_convnext():
 
 
 def test_unknown_argument_names_both_sides():
-    with pytest.raises(ValueError, match="'bogus'.*num_local_modules.*backbone takes.*layers"):
+    with pytest.raises(ValueError, match="'bogus'.*num_local_modules.*the ResNet backbone: .*layers"):
         timm.create_model("resnet50_dgl", bogus=1)
 
 
