@@ -47,3 +47,24 @@ def test_the_same_architecture_is_probed_once(monkeypatch):
     assert len(runs) == 1 and first._probe == second._probe
     timm.create_model("resnet32_man", img_size=48)  # another input size is another probe
     assert len(runs) == 2
+
+
+def test_a_plain_training_forward_warns_once_that_it_is_end_to_end():
+    """timm's train.py calls model(x) in train mode: say that this is not local learning (issue 13.3)."""
+    import warnings
+
+    from timm_local.local.net import PlainTrainingForwardWarning
+
+    x = torch.randn(2, 3, 32, 32)
+    model = timm.create_model("resnet32_dgl")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model(x)
+        model.eval()(x)  # inference: silent
+        with torch.no_grad():
+            model.train()(x)  # no gradients: silent
+        timm.create_model("resnet32_e2e")(x)  # E2E is one module: end-to-end training is what it is for
+        model.warn_plain_training_forward = False
+        model(x)
+    assert [type(w.message) for w in caught] == [PlainTrainingForwardWarning]
+    assert "model.local_step(x, y)" in str(caught[0].message)

@@ -5,6 +5,7 @@ and momentum copies of module k. ``forward`` is the plain inference path of the 
 """
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from typing import Callable, Optional, Sequence
 
@@ -42,6 +43,17 @@ class LocalStepOutput(tuple):
         return self[1]
 
 
+class PlainTrainingForwardWarning(UserWarning):
+    """``model(x)`` of a local-learning model in train mode: end-to-end training, the aux nets get no gradient."""
+
+
+PLAIN_TRAINING_FORWARD_WARNING = (
+    "model(x) of a local-learning model in train mode with gradients enabled is the plain backbone: a loss on it "
+    "trains the network end to end and the aux nets never get a gradient (this is what timm's train.py does). "
+    "For local learning call model.local_step(x, y) per batch, or use timm_local's train.py; for inference call "
+    "model.eval(). Set model.warn_plain_training_forward = False to silence this.")
+
+
 class LocalNet(nn.Module):
     """A backbone plus the aux nets of a local-learning method (DESIGN.md, "The model contract").
 
@@ -54,6 +66,8 @@ class LocalNet(nn.Module):
             input channels as timm's loaders do (``timm.data.loader.adapt_to_chs``: a length mismatch
             becomes the average, e.g. ImageNet's three means for ``in_chans=1``).
     """
+
+    warn_plain_training_forward: bool = True  # see forward()
 
     def __init__(self, backbone: nn.Module, describe: Describe, method: LocalMethod,
                  num_local_modules: Optional[int] = None, split: SplitSpec = None,
@@ -164,7 +178,14 @@ class LocalNet(nn.Module):
 
         The backbone's ``forward`` is called as a method, not as a module: its layers are registered on
         this model under their timm names, so ``torch.fx`` traces through it (hooks belong on this model).
+
+        In train mode with gradients enabled, a model of K > 1 local modules warns (once per process, the
+        ``warnings`` default) that a loss on ``model(x)`` trains it end to end: that is what timm's train.py
+        and ``benchmark.py --bench train`` do, and the aux nets then never get a gradient. Set
+        ``model.warn_plain_training_forward = False`` to silence it.
         """
+        if self.training and torch.is_grad_enabled() and self.num_local_modules > 1 and self.warn_plain_training_forward:
+            warnings.warn(PLAIN_TRAINING_FORWARD_WARNING, PlainTrainingForwardWarning, stacklevel=2)
         return self.backbone.forward(x)
 
     def get_classifier(self) -> nn.Module:
