@@ -57,3 +57,14 @@ def test_bare_architecture_name_loads_its_published_default(monkeypatch):
     assert default.num_local_modules == tagged.num_local_modules
     expected = tagged.inference_state_dict()  # the published weights (the aux nets start fresh in both)
     assert all(torch.equal(v, expected[k]) for k, v in default.inference_state_dict().items())
+
+
+def test_timms_end_to_end_weights_are_listed_only_as_backbone_initialisation():
+    """resnet50_man.a1_in1k loads timm/resnet50.a1_in1k: useful to start from, not MAN weights (issue 13.9)."""
+    from timm.models import get_pretrained_cfg
+
+    assert "resnet50_man.a1_in1k" not in timm_local.list_pretrained("resnet50_*")
+    assert "resnet50_man.a1_in1k" in timm_local.list_pretrained("resnet50_*", include_backbone_init=True)
+    cfg = get_pretrained_cfg("resnet50_man.a1_in1k")
+    assert cfg.hf_hub_id == "timm/resnet50.a1_in1k" and cfg.notes[0].startswith("backbone initialisation")
+    assert not any(get_pretrained_cfg(name).notes for name in timm_local.list_pretrained())

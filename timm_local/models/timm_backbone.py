@@ -19,18 +19,31 @@ from ..methods import METHODS, reject_unknown_options
 LOCALIZE_ARGS = ("num_local_modules", "split")
 
 
+# ``notes`` entry of every tag whose weights are timm's end-to-end checkpoint (see :func:`upstream_cfg`)
+BACKBONE_INIT_NOTE = ("backbone initialisation: timm's end-to-end ImageNet weights fill the backbone; the aux nets "
+                      "are not pretrained and no local learning has been done")
+
+
 def upstream_cfg(name: str, method_paper: str) -> dict:
     """timm's pretrained cfg of ``name`` ('arch.tag'), weights from its Hub id only, our method's paper first.
 
     The source is narrowed to ``hf_hub_id`` (timm's PyTorch weights): timm's ``url`` may point at a
-    foreign format (ViT .npz) that only timm's own class can read (``custom_load``).
+    foreign format (ViT .npz) that only timm's own class can read (``custom_load``). Its ``notes`` start
+    with :data:`BACKBONE_INIT_NOTE`: these weights initialise a local-learning run, they are not the
+    method's weights (``timm_local.list_pretrained`` leaves them out unless asked).
     """
     cfg = get_pretrained_cfg(name).to_dict()
     for key in ("architecture", "tag", "url", "custom_load"):
         cfg.pop(key, None)
     papers = cfg.get("paper_ids") or ()
     cfg["paper_ids"] = (method_paper, *((papers,) if isinstance(papers, str) else papers))
+    cfg["notes"] = (BACKBONE_INIT_NOTE, *(cfg.get("notes") or ()))
     return cfg
+
+
+def is_backbone_init(name: str) -> bool:
+    """Whether the pretrained tag ``name`` carries timm's end-to-end weights (:data:`BACKBONE_INIT_NOTE`)."""
+    return BACKBONE_INIT_NOTE in (get_pretrained_cfg(name).notes or ())
 
 
 def route_kwargs(method: str, backbone_cls: type, kwargs: dict, consumed: Sequence[str] = (),
