@@ -24,14 +24,17 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # this checkout's timm_local, not an installed one
 
 import timm
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-import timm_local  # noqa: F401
+import timm_local  # noqa: E402,F401
 from timm_local.bench.cli import build_grid, parse_args as bench_args
 from timm_local.bench.step import create_model, create_optimizer, make_step, synthetic_batch
 from timm_local.evidence import plan

@@ -6,17 +6,14 @@ Contract (the device tool returns at most 8 files of at most 16 MiB, 64 MiB in a
 - :func:`pack_runs` writes ``runs.tar.gz``: every run's ``summary.csv``, ``results.json``, ``args.yaml``
   and log, the sweep's resolved configs and table, and the sweep file (small: it is rewritten during
   training, so a command killed mid-training still returns the finished epochs' rows);
-- :func:`export_runs` runs ``python -m timm_local.hub export`` for every finished run, in parallel;
+- :func:`export_runs` runs the hub export (``python -m timm_local.hub export``'s function) for every finished run;
 - :func:`pack_checkpoints` puts the exported Hub folders, then the ``last.pth.tar`` of unfinished runs
   (resumable with ``--resume``), into at most :data:`CHECKPOINT_FILES` tar volumes of at most
   :data:`MAX_FILE_BYTES` each, and returns what did not fit.
 """
 from __future__ import annotations
 
-import subprocess
-import sys
 import tarfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -55,24 +52,21 @@ def pack_runs(sweep_output: Path, extra: Sequence[Path], out_dir: Path) -> Path:
     return _write_tar(out_dir / "runs.tar.gz", members, gzip=True)
 
 
-def export_runs(runs: Sequence[tuple[Path, str]], hub_dir: Path, reference_run: Optional[Path],
-                timeout: float = 300.0) -> dict[str, str]:
-    """Export each ``(run folder, hub name)`` at once (one process each); ``{hub name: 'ok' or the error}``."""
-    def export(run: tuple[Path, str]) -> tuple[str, str]:
-        folder, name = run
-        cmd = [sys.executable, "-m", "timm_local.hub", "export", str(folder), "--name", name, "--hub-dir", str(hub_dir)]
-        if reference_run is not None:
-            cmd += ["--reference-run", str(reference_run)]
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return name, f"timed out after {timeout:.0f} s"
-        return name, "ok" if done.returncode == 0 else (done.stderr.strip().splitlines() or ["failed"])[-1]
+def export_runs(runs: Sequence[tuple[Path, str]], hub_dir: Path, reference_run: Optional[Path]) -> dict[str, str]:
+    """Export each ``(run folder, hub name)`` with the hub export, in this process; ``{hub name: 'ok' or the error}``.
 
-    if not runs:
-        return {}
-    with ThreadPoolExecutor(max_workers=len(runs)) as pool:
-        return dict(pool.map(export, runs))
+    One failing export (reported as its error line) does not stop the others.
+    """
+    from ..hub.export import export_run
+
+    results = {}
+    for folder, name in runs:
+        try:
+            export_run(folder, name=name, hub_dir=hub_dir, reference_run=reference_run)
+            results[name] = "ok"
+        except Exception as error:  # reported in evidence.json; the other runs still get exported
+            results[name] = f"{type(error).__name__}: {error}"
+    return results
 
 
 def _size(path: Path) -> int:

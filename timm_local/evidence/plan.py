@@ -6,7 +6,8 @@ Contract:
   each gets. Full: InfoPro Table 3's setting (ResNet-110, 32 px, batch 1024, bf16 and fp32,
   channels_last: E2E, E2E + GC, InfoPro* balanced K=2/3/4/8/16, DGL / InfoPro / MAN / MLAAN at K=4 on
   the paper split), ResNet-101 at 224 px batch 128 (E2E, GC, InfoPro K=2/4) and ViT-S/16 at batch 128
-  (E2E, GC, InfoPro / MAN K=4). Smoke: the same three invocations on the CPU at tiny sizes.
+  (E2E, GC, InfoPro / MAN K=4). Smoke: the same three invocations on the CPU at tiny sizes, measured in
+  the calling process (``--in-process``), the last two with their baselines only (E2E and E2E + GC).
 - :data:`TRAIN_RUNS` are part 2's ResNet-32 runs (the papers' K=16, i.e. 15 modules for MAN/MLAAN, and
   K=8), each starting from its paper config in configs/cifar10/; :func:`smoke_runs` the two the smoke trains.
 - :func:`recipe` is the same-for-all override of those configs for ``epochs`` epochs (``None``: the
@@ -52,11 +53,10 @@ def bench_parts(smoke: bool) -> list[BenchPart]:
     return [BenchPart("resnet110_cifar_bs1024", ("--arch", "resnet32", "--methods", "infopro:balanced", "--k", "2",
                                                  "--img-size", "32", "--channels-last", "--batch-size", "8",
                                                  "--precision", "bf16") + _CPU, 1 / 3),
-            BenchPart("resnet101_224_bs128", ("--arch", "resnet34", "--methods", "infopro", "--k", "2", "--img-size",
-                                              "32", "--channels-last", "--batch-size", "2", "--precision", "bf16")
-                      + _CPU, 1 / 3),
-            BenchPart("vit_small_224_bs128", ("--arch", "vit_tiny_patch4_32", "--methods", "infopro@4", "--img-size",
-                                              "32", "--batch-size", "2", "--precision", "bf16") + _CPU, 1 / 3)]
+            BenchPart("resnet101_224_bs128", ("--arch", "resnet34", "--methods", "e2e", "--img-size", "32",
+                                              "--channels-last", "--batch-size", "2", "--precision", "bf16") + _CPU, 1 / 3),
+            BenchPart("vit_small_224_bs128", ("--arch", "vit_tiny_patch4_32", "--methods", "e2e", "--img-size", "32",
+                                              "--batch-size", "2", "--precision", "bf16") + _CPU, 1 / 3)]
 
 
 @dataclass(frozen=True)
