@@ -154,10 +154,12 @@ def decode_data(args, recipe_common: dict) -> int:
 def probe_and_size(args, runs, stop_at: float, device: str, log: Log) -> tuple[dict, Any]:
     """Decode the data, run the probe, and size the schedule for the time left until ``stop_at``."""
     start = time.monotonic()
-    train_images = decode_data(args, plan.Recipe(None, smoke=args.smoke).common(args.data_dir))
+    recipe = plan.Recipe(None, smoke=args.smoke)
+    train_images = decode_data(args, recipe.common(args.data_dir))
     specs = [{"name": r.name, "model": r.paper_settings()["model"], "model_kwargs": r.paper_settings()["model_kwargs"]}
              for r in runs]
     probe = run_probe(specs, device=device, batch_size=plan.SMOKE_BATCH_SIZE if args.smoke else plan.BATCH_SIZE,
+                      precision=recipe.precision,
                       solo_s=args.probe_solo_s, concurrent_s=args.probe_concurrent_s, warmup=args.probe_warmup,
                       threads=1 if device == "cpu" else None)
     probed = [ProbedRun(r.name, int(r.paper_settings()["epochs"]), probe["solo"][r.name]["steps_per_s"],
@@ -175,7 +177,9 @@ def probe_and_size(args, runs, stop_at: float, device: str, log: Log) -> tuple[d
 
 def run_sweep(args, sweep_path: Path, output: Path, jobs: int, device: str, stop_at: float, log: Log) -> int:
     """The sweep runner as a subprocess; SIGTERM at ``stop_at`` (monotonic); runs.tar.gz every 30 s."""
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    # one thread per job on the CPU (the probe's setting; intra-op threads of small convolutions only wait on
+    # each other there), the GPU machine's cores shared out otherwise
+    threads = 1 if device == "cpu" else max(1, (os.cpu_count() or 1) // jobs)
     cmd = [sys.executable, "-m", "timm_local.sweep", str(sweep_path), "--jobs", str(jobs), "--threads-per-job",
            str(threads)] + (["--gpus", "0"] if device == "cuda" else [])
     log(f"part 2: {shlex.join(cmd)}")

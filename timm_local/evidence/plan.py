@@ -7,7 +7,8 @@ Contract:
   channels_last: E2E, E2E + GC, InfoPro* balanced K=2/3/4/8/16, DGL / InfoPro / MAN / MLAAN at K=4 on
   the paper split), ResNet-101 at 224 px batch 128 (E2E, GC, InfoPro K=2/4) and ViT-S/16 at batch 128
   (E2E, GC, InfoPro / MAN K=4). Smoke: the same three invocations on the CPU at tiny sizes, measured in
-  the calling process (``--in-process``), the last two with their baselines only (E2E and E2E + GC).
+  the calling process (``--in-process``), in fp32 (a CPU without native bf16 emulates it, slowly), the
+  last two with their baselines only (E2E and E2E + GC).
 - :data:`TRAIN_RUNS` are part 2's ResNet-32 runs (the papers' K=16, i.e. 15 modules for MAN/MLAAN, and
   K=8), each starting from its paper config in configs/cifar10/; :func:`smoke_runs` the two the smoke trains.
 - :func:`recipe` is the same-for-all override of those configs for ``epochs`` epochs (``None``: the
@@ -52,11 +53,11 @@ def bench_parts(smoke: bool) -> list[BenchPart]:
                 BenchPart("vit_small_224_bs128", _VIT + ("--batch-size", "128", "--precision", "bf16") + _GPU, 4 / 30)]
     return [BenchPart("resnet110_cifar_bs1024", ("--arch", "resnet32", "--methods", "infopro:balanced", "--k", "2",
                                                  "--img-size", "32", "--channels-last", "--batch-size", "8",
-                                                 "--precision", "bf16") + _CPU, 1 / 3),
+                                                 "--precision", "fp32") + _CPU, 1 / 3),
             BenchPart("resnet101_224_bs128", ("--arch", "resnet34", "--methods", "e2e", "--img-size", "32",
-                                              "--channels-last", "--batch-size", "2", "--precision", "bf16") + _CPU, 1 / 3),
+                                              "--channels-last", "--batch-size", "2", "--precision", "fp32") + _CPU, 1 / 3),
             BenchPart("vit_small_224_bs128", ("--arch", "vit_tiny_patch4_32", "--methods", "e2e", "--img-size", "32",
-                                              "--batch-size", "2", "--precision", "bf16") + _CPU, 1 / 3)]
+                                              "--batch-size", "2", "--precision", "fp32") + _CPU, 1 / 3)]
 
 
 @dataclass(frozen=True)
@@ -115,12 +116,18 @@ class Recipe:
         return "paper" if self.epochs is None else f"gpu{self.epochs}e"
 
     @property
+    def precision(self) -> str:
+        """bf16 autocast on the GPU; fp32 in the smoke (a CPU without native bf16 emulates it, slowly)."""
+        return "fp32" if self.smoke else "bf16"
+
+    @property
     def warmup_epochs(self) -> Optional[int]:
         return None if self.epochs is None else max(1, round(self.epochs * 10 / 160))
 
     def common(self, data_dir: str) -> dict[str, Any]:
         """The sweep file's ``common`` block."""
-        common: dict[str, Any] = {"dataset": DATASET, "data_dir": data_dir, "mixed_precision": "bf16",
+        common: dict[str, Any] = {"dataset": DATASET, "data_dir": data_dir,
+                                  "mixed_precision": "no" if self.precision == "fp32" else self.precision,
                                   "channels_last": True, "seed": 42, "log_interval": 25, "bench_loader_batches": 5}
         if self.epochs is not None:
             common.update(epochs=self.epochs, warmup_epochs=self.warmup_epochs)

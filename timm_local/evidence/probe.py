@@ -5,10 +5,11 @@ Contract:
   train.py does (``timm.create_model(model, num_classes=10, **model_kwargs)``, channels_last, bf16
   autocast), runs the trainer's step (``local_step`` → ``momentum_update`` → SGD step → ``zero_grad``)
   on a fixed batch of the training batch size, and prints one marked JSON line: per run, the steps/s
-  over ``seconds`` after ``warmup`` steps, and the seconds from process start to ready (imports and
-  model built), which sizes the runs' start-up cost.
+  over ``seconds`` after ``warmup`` steps, and the wall-clock time (``time.time()``) at which it was
+  ready; :func:`run_probe` turns that into ``ready_s``, the seconds from launching the process to ready
+  (imports, model built, warm-up), which sizes the runs' start-up cost.
 - With ``barrier`` (a folder and a count), each worker writes ``<barrier>/<name>`` when warmed up and
-  waits (at most ``barrier_timeout`` s) until ``count`` workers are ready, so concurrent workers time
+  waits (at most the barrier's ``timeout`` s) until ``count`` workers are ready, so concurrent workers time
   the same interval.
 - :func:`run_probe`: phase ``solo`` (in the calling process, the runs one after another) and phase
   ``concurrent`` (one fresh process per run, all at once, behind a barrier). It returns
@@ -27,7 +28,6 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 MARK = "PROBE_RESULT "
-_START = time.monotonic()
 
 
 def _make_step(model, optimizer, x, y, precision: str, device: str):
@@ -86,7 +86,7 @@ def probe_worker(spec: dict[str, Any]) -> dict[str, Any]:
         for _ in range(spec["warmup"]):
             step()
         _sync(device)
-        ready_s = time.monotonic() - _START
+        ready_at = time.time()
         together = _wait_for(spec.get("barrier"), run["name"])
         steps, start = 0, time.perf_counter()
         while steps < 2 or time.perf_counter() - start < spec["seconds"]:
@@ -97,7 +97,7 @@ def probe_worker(spec: dict[str, Any]) -> dict[str, Any]:
         _sync(device)
         elapsed = time.perf_counter() - start
         results[run["name"]] = {"steps_per_s": steps / elapsed, "steps": steps, "seconds": elapsed,
-                                "ready_s": ready_s, "together": together}
+                                "ready_at": ready_at, "together": together}
         del model, optimizer, step, x, y
         if torch.device(device).type == "cuda":
             torch.cuda.empty_cache()  # the solo phase runs in the caller, which must not keep the GPU's memory
@@ -127,6 +127,7 @@ def run_probe(runs: Sequence[dict[str, Any]], *, device: str, batch_size: int, p
     result = {"solo": probe_worker({**base, "runs": list(runs), "seconds": solo_s})}
     with tempfile.TemporaryDirectory(prefix="probe-barrier-") as folder:
         barrier = {"folder": folder, "count": len(runs), "timeout": timeout / 2}
+        launched_at = time.time()
         workers = [subprocess.Popen(_worker_command({**base, "runs": [run], "seconds": concurrent_s,
                                                      "barrier": barrier}),
                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -142,6 +143,8 @@ def run_probe(runs: Sequence[dict[str, Any]], *, device: str, batch_size: int, p
     result["concurrent"] = {}
     for code, out in outputs:
         result["concurrent"].update(_read_result(code, out, "concurrent"))
+    for figures in result["concurrent"].values():
+        figures["ready_s"] = figures["ready_at"] - launched_at
     result["wall_s"] = time.monotonic() - start
     return result
 
