@@ -63,15 +63,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="the CIFAR-10 copy (benchmarks/gpu/prepare_carry.sh puts it there)")
     parser.add_argument("--work-dir", type=Path, default=Path("output/gpu_evidence"),
                         help="run folders, bench files and the data cache (a fresh subfolder per invocation)")
-    parser.add_argument("--budget-s", type=float, default=None, help="whole command (default 480; smoke 150)")
-    parser.add_argument("--bench-s", type=float, default=None, help="part 1 (default 120; smoke 45)")
+    parser.add_argument("--budget-s", type=float, default=None, help="whole command (default 480; smoke 300, a cap: it ends when done)")
+    parser.add_argument("--bench-s", type=float, default=None, help="part 1 (default 120; smoke 90)")
     parser.add_argument("--probe-solo-s", type=float, default=None, help="probe seconds per run alone (0.7; smoke 0.2)")
     parser.add_argument("--probe-concurrent-s", type=float, default=None,
                         help="probe seconds with all runs at once (4; smoke 0.5)")
     parser.add_argument("--reserve-s", type=float, default=None, help="left for part 3 (default 45; smoke 30)")
     args = parser.parse_args(argv)
     args.probe_warmup = None
-    defaults = {"budget_s": (480, 150), "bench_s": (120, 45), "reserve_s": (45, 30), "probe_solo_s": (0.7, 0.2),
+    defaults = {"budget_s": (480, 300), "bench_s": (120, 90), "reserve_s": (45, 30), "probe_solo_s": (0.7, 0.2),
                 "probe_concurrent_s": (4.0, 0.5), "probe_warmup": (3, 1)}
     for key, (full, smoke) in defaults.items():
         if getattr(args, key) is None:
@@ -227,6 +227,27 @@ def export_and_pack(args, runs, output: Path, recipe: plan.Recipe, extra: list[P
             "exports": exports, "checkpoint_files": [p.name for p in written], "left_out": left_out}
 
 
+def run_training(args, runs, stop_at: float, device: str, work: Path, evidence: Evidence,
+                 log: Log) -> tuple[plan.Recipe, Optional[int]]:
+    """Part 2: probe and size, write ``<work>/sweep.yaml``, run the sweep until ``stop_at``.
+
+    Returns the recipe and the sweep's exit code (None when the probe failed: then nothing trained,
+    the error is in evidence.json, and part 3 still packs what part 1 left).
+    """
+    try:
+        probe, schedule = probe_and_size(args, runs, stop_at, device, log)
+    except Exception as error:  # part 1's results must still come back
+        log(f"part 2: FAILED before training: {error!r}")
+        evidence["part2_error"] = repr(error)
+        return plan.Recipe(None, smoke=args.smoke), None
+    recipe = plan.Recipe(schedule.epochs, smoke=args.smoke)
+    sweep_path = work / "sweep.yaml"
+    sweep_path.write_text(yaml.safe_dump(plan.sweep_file(runs, recipe, args.data_dir, work / "runs"), sort_keys=False))
+    evidence["probe"], evidence["schedule"] = probe, schedule.to_dict()
+    evidence["recipe"] = {"tag": recipe.tag, "common": recipe.common(args.data_dir)}
+    return recipe, run_sweep(args, sweep_path, work / "runs", schedule.jobs, device, stop_at, log)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -253,18 +274,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     evidence["part1_s"] = time.monotonic() - start
 
     runs = plan.train_runs(args.smoke)
-    stop_at = start + args.budget_s - args.reserve_s
-    probe, schedule = probe_and_size(args, runs, stop_at, device, log)
-    recipe = plan.Recipe(schedule.epochs, smoke=args.smoke)
     output = work / "runs"
-    sweep_path = work / "sweep.yaml"
-    sweep_path.write_text(yaml.safe_dump(plan.sweep_file(runs, recipe, args.data_dir, output), sort_keys=False))
-    evidence["probe"], evidence["schedule"] = probe, schedule.to_dict()
-    evidence["recipe"] = {"tag": recipe.tag, "common": recipe.common(args.data_dir)}
-    sweep_code = run_sweep(args, sweep_path, output, schedule.jobs, device, stop_at, log)
+    recipe, sweep_code = run_training(args, runs, start + args.budget_s - args.reserve_s, device, work, evidence, log)
     evidence["part2_s"] = time.monotonic() - start - evidence.data["part1_s"]
 
-    result = export_and_pack(args, runs, output, recipe, [sweep_path, work / "sweep.log"], log)
+    result = export_and_pack(args, runs, output, recipe, [work / "sweep.yaml", work / "sweep.log"], log)
     evidence.data.update(result, sweep_exit_code=sweep_code, total_s=time.monotonic() - start)
     evidence.save()
     complete = (all(b["exit_code"] == 0 for b in evidence.data["bench"].values()) and sweep_code == 0
