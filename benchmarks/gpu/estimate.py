@@ -116,7 +116,8 @@ def cpu_check() -> list[dict]:
             argv = ["--arch", c["arch"], "--methods", "e2e", "--batch-size", "2", "--img-size", str(c["img_size"]),
                     "--device", "cpu"]
             flops = next(x for x in bench_counts(argv) if x["label"] == "e2e")["flops_per_image"]
-            out.append({"file": path.name, "arch": c["arch"], "batch_size": c["batch_size"], "precision": c["precision"],
+            out.append({"file": path.name, "arch": c["arch"], "batch_size": c["batch_size"],
+                        "precision": c["precision"],
                         "cpu_s_per_step": r["cpu_time_per_step_s"], "threads": r.get("threads"),
                         "effective_gflops": flops * c["batch_size"] / r["cpu_time_per_step_s"] / 1e9})
     return out

@@ -63,7 +63,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="the CIFAR-10 copy (benchmarks/gpu/prepare_carry.sh puts it there)")
     parser.add_argument("--work-dir", type=Path, default=Path("output/gpu_evidence"),
                         help="run folders, bench files and the data cache (a fresh subfolder per invocation)")
-    parser.add_argument("--budget-s", type=float, default=None, help="whole command (default 480; smoke 300, a cap: it ends when done)")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="whole command (default 480; smoke 300, a cap: it ends when done)")
     parser.add_argument("--bench-s", type=float, default=None, help="part 1 (default 120; smoke 90)")
     parser.add_argument("--probe-solo-s", type=float, default=None, help="probe seconds per run alone (0.7; smoke 0.2)")
     parser.add_argument("--probe-concurrent-s", type=float, default=None,
@@ -222,7 +223,8 @@ def export_and_pack(args, runs, output: Path, recipe: plan.Recipe, extra: list[P
               if statuses[r.name].state == "partial"]
     written, left_out = pack.pack_checkpoints(items, args.out_dir)
     log(f"part 3: wrote {[p.name for p in written]}; left out {left_out}")
-    return {"runs": {n: {"state": s.state, "epochs_done": s.epochs_done, "top1_final": s.top1_final, "top1_best": s.top1_best}
+    return {"runs": {n: {"state": s.state, "epochs_done": s.epochs_done, "top1_final": s.top1_final,
+                         "top1_best": s.top1_best}
                      for n, s in statuses.items()},
             "exports": exports, "checkpoint_files": [p.name for p in written], "left_out": left_out}
 

@@ -55,7 +55,8 @@ def bench_parts(smoke: bool) -> list[BenchPart]:
                                                  "--img-size", "32", "--channels-last", "--batch-size", "8",
                                                  "--precision", "fp32") + _CPU, 1 / 3),
             BenchPart("resnet101_224_bs128", ("--arch", "resnet34", "--methods", "e2e", "--img-size", "32",
-                                              "--channels-last", "--batch-size", "2", "--precision", "fp32") + _CPU, 1 / 3),
+                                              "--channels-last", "--batch-size", "2", "--precision", "fp32")
+                      + _CPU, 1 / 3),
             BenchPart("vit_small_224_bs128", ("--arch", "vit_tiny_patch4_32", "--methods", "e2e", "--img-size", "32",
                                               "--batch-size", "2", "--precision", "fp32") + _CPU, 1 / 3)]
 
@@ -99,6 +100,10 @@ def train_runs(smoke: bool) -> tuple[TrainRun, ...]:
     return TRAIN_RUNS[:1] + TRAIN_RUNS[5:6] if smoke else TRAIN_RUNS
 
 
+SMOKE_TRAIN, SMOKE_EVAL = 64, 32  # images per split in the smoke
+BATCH_SIZE, SMOKE_BATCH_SIZE = 1024, 16
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Part 2's training settings over the paper configs, the same for every run.
@@ -132,12 +137,9 @@ class Recipe:
         if self.epochs is not None:
             common.update(epochs=self.epochs, warmup_epochs=self.warmup_epochs)
         if self.smoke:
-            common.update(batch_size=16, lr=0.05, max_train_samples=SMOKE_TRAIN, max_eval_samples=SMOKE_EVAL)
+            common.update(batch_size=SMOKE_BATCH_SIZE, lr=0.05, max_train_samples=SMOKE_TRAIN,
+                          max_eval_samples=SMOKE_EVAL)
         return common
-
-
-SMOKE_TRAIN, SMOKE_EVAL = 64, 32  # images per split in the smoke
-BATCH_SIZE, SMOKE_BATCH_SIZE = 1024, 16
 
 
 def steps_per_epoch(train_images: int, smoke: bool) -> int:
