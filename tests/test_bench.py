@@ -67,6 +67,15 @@ def test_grid_always_measures_both_baselines_first():
         BenchConfig(method="e2e", k=4)
 
 
+def test_time_budget_records_configurations_it_could_not_start_as_skipped():
+    from timm_local.bench.cli import measure_grid
+
+    configs = grid(["resnet32"], ["dgl"], [2], [4], ["fp32"], device="cpu")
+    results = measure_grid(configs, rounds=1, in_process=True, timeout=60, time_budget=0)
+    assert [r["label"] for r in results] == [c.label for c in configs]
+    assert all(r["error"].startswith("skipped: the time budget") for r in results)
+
+
 def test_saved_tensor_meter_counts_each_saved_storage_once():
     linear = torch.nn.Linear(256, 256)
     x = torch.randn(64, 256, requires_grad=True)

@@ -18,6 +18,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -51,6 +52,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="measure the grid this many times, in alternating order, and "
                                                    "keep each configuration's fastest round (default: the preset's, else 1)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per configuration")
+    parser.add_argument("--time-budget", type=float, default=None, metavar="S",
+                        help="seconds for the whole grid: a configuration not started within it is recorded as "
+                             "skipped (baselines run first, so every ratio measured still has its E2E)")
     return parser.parse_args(argv)
 
 
@@ -119,12 +123,22 @@ def _status(result: dict) -> str:
     return f"peak {peak if peak is not None else float('nan'):.0f} MiB, {result['step_time_s']:.3f} s/step"
 
 
-def measure_grid(configs: Sequence[BenchConfig], rounds: int, in_process: bool, timeout: float) -> list[dict]:
-    """Every configuration ``rounds`` times (odd rounds in reverse order), each reduced to its fastest round."""
+def measure_grid(configs: Sequence[BenchConfig], rounds: int, in_process: bool, timeout: float,
+                 time_budget: Optional[float] = None) -> list[dict]:
+    """Every configuration ``rounds`` times (odd rounds in reverse order), each reduced to its fastest round.
+
+    With ``time_budget`` (seconds), configurations not started before it runs out get a ``skipped``
+    error entry, and a running one is stopped at the end of the budget.
+    """
+    deadline = None if time_budget is None else time.monotonic() + time_budget
     by_config: dict[BenchConfig, list[dict]] = {c: [] for c in configs}
     for r in range(rounds):
         for i, config in enumerate(configs if r % 2 == 0 else configs[::-1], 1):
-            result = measure(config) if in_process else run_in_subprocess(config, timeout)
+            left = timeout if deadline is None else min(timeout, deadline - time.monotonic())
+            if left <= 0:
+                result = _error(config, f"skipped: the time budget of {time_budget:.0f} s ran out before it started")
+            else:
+                result = measure(config) if in_process else run_in_subprocess(config, left)
             by_config[config].append(result)
             print(f"[round {r + 1}/{rounds}, {i}/{len(configs)}] {config.label} (bs {config.batch_size}, "
                   f"{config.precision}): {_status(result)}", file=sys.stderr, flush=True)
@@ -140,7 +154,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     device = configs[0].device
     out = args.out or Path("benchmarks/results") / f"{args.preset or 'custom'}_{device.split(':')[0]}"
     print(f"{command}: {len(configs)} configurations -> {out}.json / {out}.png", file=sys.stderr)
-    results = measure_grid(configs, args.rounds or PRESET_ROUNDS.get(args.preset, 1), args.in_process, args.timeout)
+    results = measure_grid(configs, args.rounds or PRESET_ROUNDS.get(args.preset, 1), args.in_process, args.timeout,
+                           args.time_budget)
     results = add_ratios([dict(r, command=command) for r in results])
     run = {"command": command, "environment": environment(device), "in_process": args.in_process,
            "figures": {key: f"{meaning} (ratio to E2E: {ratio})" for key, ratio, meaning in MEMORY_FIGURES},
