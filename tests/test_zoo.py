@@ -42,7 +42,19 @@ def test_pretrained_weights_reproduce_the_recorded_top1(record, monkeypatch):
                          str(DATA_DIR), "--max-eval-samples", str(expected["max_eval_samples"]), "--workers", "0",
                          *expected["validate_flags"]])
     AcceleratorState._reset_state(reset_partial_state=True)
-    assert (got["top1"], got["top5"]) == (expected["top1"], expected["top5"])
+    # bf16 kernels differ between CPUs (native AMX / AVX512-BF16 where the record was made, emulated on AVX2):
+    # the same weights may flip an image or two of the 1,000; anything more is a real change of the weights
+    one_image = 100.0 / expected["max_eval_samples"]
+    exact = precision_is_native(expected["validate_flags"])
+    tolerance = 0.0 if exact else 2 * one_image + 1e-9
+    assert abs(got["top1"] - expected["top1"]) <= tolerance and abs(got["top5"] - expected["top5"]) <= tolerance
+
+
+def precision_is_native(flags) -> bool:
+    """True unless the record's flags ask for bf16 and this CPU emulates it."""
+    from timm_local.precision import native_bf16
+
+    return "bf16" not in flags or native_bf16("cpu") is not False
 
 
 def test_bare_architecture_name_loads_its_published_default(monkeypatch):

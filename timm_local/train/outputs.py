@@ -90,6 +90,9 @@ def package_versions() -> dict[str, str]:
 
 
 def write_json(path: str, obj: Mapping[str, Any]) -> None:
-    with open(path, "w") as f:
+    """Write ``obj`` as JSON atomically (a temporary file renamed onto ``path``): a reader never sees half a file."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
         json.dump(dict(obj), f, indent=2)
         f.write("\n")
+    os.replace(tmp, path)

@@ -252,6 +252,10 @@ class RunFolder:
             write_json(self.path(RESULTS), results)
         if self.args.log_with:
             acc.end_training()
+        if self.best_metric is not None:
+            acc.print(f"done: eval top-1 {results['top1_final']:.2f}% after {self.args.epochs} epochs (best "
+                      f"{self.best_metric:.2f}% at epoch {self.best_epoch + 1}); results in {self.path(RESULTS)}, "
+                      f"weights in {self.path(BEST)}")
         return results
 
 
