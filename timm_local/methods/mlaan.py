@@ -1,16 +1,17 @@
 """MLAAN (Zhang et al., AAAI 2025): multilaminar local modules + leap augmented modules (METHODS.md §6).
 
-Every loss after the first ``laminae - 1`` modules has two parts:
+Every loss after the first ``laminae - 1`` modules has two parts (a :class:`CascadeLoss`):
 
-* independent path: the module's own output h_i (input detached) → head → CE, weight ``wx`` (0.001);
-* cascaded path: the last ``laminae`` modules re-evaluated from the detached input of module
-  i − laminae + 1, then the leap chain (clones of deeper backbone blocks; the first clone is summed
-  with its EMA twin as in MAN) → head → CE, weight ``wy`` (0.999).
+* own (independent path): the module's output h_i (input detached) → head → CE, weight ``wx`` (0.001);
+* cascade: h_i with the graph of the last ``laminae`` modules, i − laminae + 1 .. i (``ctx.cascade``), then
+  the leap chain (clones of deeper backbone blocks; the first clone is summed with its EMA twin as in
+  MAN) → head → CE, weight ``wy`` (0.999).
 
 So loss i trains modules i − laminae + 1 .. i. The last module's loss is
 ``wx · CE(logits) + wy · CE(cascaded logits)`` (the ImageNet code; ``final_loss='cascade'`` keeps
-only the cascaded CE with weight 1, as the CIFAR code does, §9 B11). Re-evaluated blocks update
-their BatchNorm running statistics once per evaluation, as in the reference (§9 B13).
+only the cascaded CE with weight 1, as the CIFAR code does, §9 B11). The engine runs each module once
+per step and gives every block the BatchNorm updates the reference's re-evaluations make (§9 B13,
+``local/cascade.py``).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..local.context import LocalContext
+from ..local.context import CascadeLoss, LocalContext
 from .aux_factory import aux_family
 from .aux_nets import AUX_CONFIGS
 from .base import BlockCopies, LocalMethod, LocalObjective, LocalPlan
@@ -127,19 +128,8 @@ class LeapChain(BlockCopies):
         return f"chain={list(self.chain)}"
 
 
-def run_cascade(ctx: LocalContext, first: int, last: int) -> torch.Tensor:
-    """Re-evaluate local modules ``first .. last`` from the detached input of module ``first``.
-
-    Objectives skip this when ``first == last``: the module's own output is that cascade.
-    """
-    z = ctx.module_inputs[first]
-    for j in range(first, last + 1):
-        z = ctx.bodies[j](z)
-    return z
-
-
 class MLAANObjective(LocalObjective):
-    """wx · independent(h_i) + wy · cascaded(chain(modules first..i re-evaluated))."""
+    """own = wx · independent(h_k); cascade = wy · cascaded(chain(h_k through modules first..k))."""
 
     def __init__(self, index: int, first: int, independent: Optional[nn.Module], cascaded: nn.Module,
                  independent_weight: float, cascade_weight: float):
@@ -149,12 +139,10 @@ class MLAANObjective(LocalObjective):
         self.cascaded = cascaded
         self.independent_weight, self.cascade_weight = independent_weight, cascade_weight
 
-    def forward(self, h: torch.Tensor, ctx: LocalContext) -> torch.Tensor:
-        cascade_input = h if self.first == self.index else run_cascade(ctx, self.first, self.index)
-        loss = self.cascade_weight * self.cascaded(cascade_input, ctx)
-        if self.independent is not None:
-            loss = loss + self.independent_weight * self.independent(h, ctx)
-        return loss
+    def forward(self, h: torch.Tensor, ctx: LocalContext) -> CascadeLoss:
+        cascade = self.cascade_weight * self.cascaded(ctx.cascade(self.index, h), ctx)
+        own = self.independent_weight * self.independent(h, ctx) if self.independent is not None else None
+        return CascadeLoss(own, cascade)
 
     def momentum_pairs(self):
         return self.cascaded.momentum_pairs()
@@ -164,22 +152,23 @@ class MLAANObjective(LocalObjective):
 
 
 class MLAANFinalObjective(LocalObjective):
-    """Last module: wx · CE(logits) + wy · CE(logits of modules first..K−1 re-evaluated); or the cascaded CE alone."""
+    """Last module: own = wx · CE(logits), cascade = wy · CE(logits through modules first..K−1); or the cascaded CE alone."""
 
     def __init__(self, index: int, first: int, independent_weight: Optional[float], cascade_weight: float):
         super().__init__()
         self.index, self.first = index, first
         self.independent_weight, self.cascade_weight = independent_weight, cascade_weight
 
-    def forward(self, logits: torch.Tensor, ctx: LocalContext) -> torch.Tensor:
-        if self.first == self.index:  # a cascade of one module is the module itself: plain CE (K = 1 is E2E)
+    def forward(self, logits: torch.Tensor, ctx: LocalContext) -> CascadeLoss:
+        if self.first == self.index:  # a cascade of one module is the module itself: one CE (K = 1 is E2E)
             weight = self.cascade_weight + (self.independent_weight or 0.0)
-            return weight * F.cross_entropy(logits.float(), ctx.target)
-        cascaded = run_cascade(ctx, self.first, self.index)
-        loss = self.cascade_weight * F.cross_entropy(cascaded.float(), ctx.target)
+            return CascadeLoss(None, weight * F.cross_entropy(logits.float(), ctx.target))
+        cascaded = ctx.cascade(self.index, logits)
+        cascade = self.cascade_weight * F.cross_entropy(cascaded.float(), ctx.target)
+        own = None
         if self.independent_weight is not None:
-            loss = loss + self.independent_weight * F.cross_entropy(logits.float(), ctx.target)
-        return loss
+            own = self.independent_weight * F.cross_entropy(logits.float(), ctx.target)
+        return CascadeLoss(own, cascade)
 
 
 @dataclass
