@@ -169,6 +169,22 @@ def test_mlaan_step_updates_batchnorm_statistics_as_the_reference_does(one_threa
         assert bn.num_batches_tracked.item() == n
 
 
+def test_mlaan_infopro_reference_independent_head_is_contrastive():
+    """resnetInfoProbin.py builds the independent head with its defaults ('1c2f', contrast, 128-d) whatever the
+    cascaded path uses (METHODS.md §6.4); independent_head='same' repeats the cascaded path's settings."""
+    model = timm.create_model("resnet32_mlaan", num_local_modules=15, base="infopro", local_loss="ce",
+                              aux_config="2c2f", independent_head="reference")
+    independent, cascaded = model.aux[5].independent, model.aux[5].cascaded
+    assert (independent.loss_kind, cascaded.loss_kind) == ("contrast", "ce")
+    assert independent.head[-1].out_features == 128 and cascaded.head[-1].out_features == 10
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in independent.head) == 1  # 1c2f
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in cascaded.head) == 2  # 2c2f
+    same = timm.create_model("resnet32_mlaan", num_local_modules=15, base="infopro", local_loss="ce")
+    assert same.aux[5].independent.loss_kind == "ce" and same.aux[5].independent.head[-1].out_features == 10
+    with pytest.raises(ValueError, match=r"independent_head='reference' .* use it with base='infopro'"):
+        timm.create_model("resnet32_mlaan", independent_head="reference")
+
+
 LEARNERS = [
     ("resnet32_greedy", {}), ("resnet32_dgl", {}), ("resnet32_infopro", {}),
     ("resnet32_infopro", {"local_loss": "ce"}),

@@ -187,6 +187,10 @@ class MLAAN(LocalMethod):
         clone_init: 'copy' (clones start as the backbone's initial blocks, CIFAR code) or 'random' (ImageNet code).
         aux_config, local_loss, recon_weights, task_weights, aux_widen, aux_feature_dim: the InfoPro
             objective used with ``base='infopro'`` (defaults as MAN's README).
+        independent_head: with ``base='infopro'``, 'same' (the independent path uses ``aux_config`` and
+            ``local_loss`` like the cascaded one; default) or 'reference' (``resnetInfoProbin.py``: the
+            independent head is always '1c2f' with the contrastive loss on 128-d features, widen 1,
+            whatever the cascaded path uses).
         weight_schedule: λ interpolation with ``base='infopro'``: 'stage' (the reference, r = stage of
             module k / (K − 2), clamped; default, as the README weights assume it) or 'module'.
     """
@@ -207,6 +211,7 @@ class MLAAN(LocalMethod):
     aux_widen: float = 1.0
     aux_feature_dim: int = 128
     weight_schedule: str = "stage"
+    independent_head: str = "same"
 
     def __post_init__(self):
         if int(self.laminae) < 1:
@@ -218,34 +223,46 @@ class MLAAN(LocalMethod):
         check_choice("aux_config", self.aux_config, AUX_CONFIGS)
         check_choice("local_loss", self.local_loss, ("ce", "contrast"))
         check_choice("weight_schedule", self.weight_schedule, ("module", "stage"))
+        check_choice("independent_head", self.independent_head, ("same", "reference"))
+        if self.independent_head == "reference" and self.base != "infopro":
+            raise ValueError("independent_head='reference' is MLAAN + InfoPro's head (resnetInfoProbin.py): "
+                             "use it with base='infopro'; base='dgl' uses the same light head on both paths")
         check_momentum(self.momentum)
 
     @property
     def cascade_depth(self) -> int:
         return int(self.laminae)
 
-    def _path_objective(self, plan: LocalPlan, k: int, shape: tuple[int, ...],
-                        transform: Optional[nn.Module]) -> InfoProObjective:
+    def _path_objective(self, plan: LocalPlan, k: int, shape: tuple[int, ...], transform: Optional[nn.Module],
+                        head: tuple[str, str, float, int]) -> InfoProObjective:
         """The loss of one path reading features of ``shape``: CE of the light head ('dgl': GAP + Linear
-        on CIFAR), or InfoPro's objective ('infopro')."""
+        on CIFAR), or InfoPro's objective ('infopro') with ``head`` = (aux_config, loss, widen, feature_dim)."""
         family = aux_family(plan)
         if self.base == "dgl":
             return InfoProObjective(family.linear_head(plan, shape, plan.num_classes), "ce", 1.0, transform=transform)
-        out = self.aux_feature_dim if self.local_loss == "contrast" else plan.num_classes
-        head = family.task_head(plan, shape, self.aux_config, out, self.aux_widen, self.aux_feature_dim)
+        config, loss, widen, feature_dim = head
+        out = feature_dim if loss == "contrast" else plan.num_classes
+        task_head = family.task_head(plan, shape, config, out, widen, feature_dim)
         if self.weight_schedule == "module":
             r = module_index_ratio(k, plan.num_modules)
         else:  # resnetInfoProbin.py: the stage of module k's own last block
             last_block = plan.next_block_index(k) - 1
             stage = plan.stage_of_block(last_block) if last_block >= 0 else 0
             r = stage_index_ratio(stage, paper_module_count(plan.num_modules, plan.layout.num_blocks))
-        decoder = family.decoder(plan, shape, self.aux_widen)
-        return InfoProObjective(head, self.local_loss, interpolate(tuple(self.task_weights), r), decoder,
+        decoder = family.decoder(plan, shape, widen)
+        return InfoProObjective(task_head, loss, interpolate(tuple(self.task_weights), r), decoder,
                                 interpolate(tuple(self.recon_weights), r), transform)
+
+    def _heads(self) -> tuple[tuple[str, str, float, int], tuple[str, str, float, int]]:
+        """(independent, cascaded) head settings: the cascaded path's are the options; the independent path
+        repeats them, or is the reference's default head ('1c2f', contrast, widen 1, 128-d)."""
+        cascaded = (self.aux_config, self.local_loss, self.aux_widen, self.aux_feature_dim)
+        return (("1c2f", "contrast", 1.0, 128) if self.independent_head == "reference" else cascaded), cascaded
 
     def build_objectives(self, plan: LocalPlan) -> list[Optional[LocalObjective]]:
         num_modules = plan.num_modules
         objectives: list[Optional[LocalObjective]] = []
+        independent_head, cascaded_head = self._heads()
         for k in range(num_modules - 1):
             if k < self.laminae - 1:
                 objectives.append(None)  # the reference's first modules have no loss of their own (§9 B12)
@@ -255,8 +272,8 @@ class MLAAN(LocalMethod):
             transform = LeapChain(plan, chain, self.momentum, self.clone_init, update)
             objectives.append(MLAANObjective(
                 index=k, first=max(0, k - self.laminae + 1),
-                independent=self._path_objective(plan, k, plan.output_shape(k), None),
-                cascaded=self._path_objective(plan, k, plan.block_output_shape(chain[-1]), transform),
+                independent=self._path_objective(plan, k, plan.output_shape(k), None, independent_head),
+                cascaded=self._path_objective(plan, k, plan.block_output_shape(chain[-1]), transform, cascaded_head),
                 independent_weight=self.independent_weight, cascade_weight=self.cascade_weight))
         last = num_modules - 1
         weighted = self.final_loss == "weighted"
