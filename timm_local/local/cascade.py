@@ -130,6 +130,9 @@ def run_shared(net, x: torch.Tensor, ctx: LocalContext, modules: Sequence[nn.Mod
         live[k] = _Live(inputs, out, [p for p in local[k].parameters() if p.requires_grad])
         if loss is None:
             losses.append(torch.zeros((), device=x.device))
+        elif not isinstance(loss, CascadeLoss):
+            raise TypeError(f"module {k}'s objective returned a {type(loss).__name__}: with cascade_depth > 1 "
+                            f"objectives must return CascadeLoss(own, cascade) so each part gets its reach")
         else:
             aux = [p for p in local[k].objective.parameters() if p.requires_grad]
             _route(live, starts[k], k, _grad_at(backward, loss.cascade, out, aux))
