@@ -17,7 +17,9 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 CONFIGS = sorted(p for p in glob.glob(os.path.join(CONFIG_DIR, "*", "*.yaml"))
                  if os.path.basename(os.path.dirname(p)) != "sweeps")  # one train.py config per paper-table entry
 SWEEPS = sorted(glob.glob(os.path.join(CONFIG_DIR, "sweeps", "*.yaml")))
-NAME = re.compile(r"^(?P<model>[a-z0-9_]+?_(e2e|greedy|dgl|infopro|man|mlaan))_k(?P<k>\d+)(_[a-z0-9]+)?\.yaml$")
+# <model>_k<K>[_variant][_flavour].yaml: up to two suffixes, e.g. resnet32_mlaan_k15_dgl_recommended.yaml (MLAAN ships
+# the paper's setting under the plain name and timm_local's recommended variant with '_recommended').
+NAME = re.compile(r"^(?P<model>[a-z0-9_]+?_(e2e|greedy|dgl|infopro|man|mlaan))_k(?P<k>\d+)(_[a-z0-9]+){0,2}\.yaml$")
 # ImageNet recipes (METHODS.md §7.2): (batch per process, lr, epochs) by method; per-epoch cosine, no warm-up.
 IMAGENET_RECIPES = {"infopro": (128, 0.4, 90), "man": (128, 0.05, 90), "mlaan": ((128, 64), 0.05, 150)}
 
@@ -38,12 +40,34 @@ def test_configs_cover_the_paper_tables():
                     f"cifar10/resnet110_{method}_k32_{base}.yaml", f"cifar10/resnet110_{method}_k54_{base}.yaml"} <= names
 
 
+# What the MLAAN reference files run (METHODS.md §6.2, §6.4): resnetMLAAN.py (base dgl), resnetInfoProbin.py (infopro).
+MLAAN_PAPER = {"dgl": dict(laminae=2, ema_update="last", final_loss="cascade"),
+               "infopro": dict(laminae=3, ema_update="last", final_loss="cascade", local_loss="ce",
+                               independent_head="reference")}
+MLAAN_RECOMMENDED = dict(laminae=2, ema_update="all", final_loss="weighted")
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if "_mlaan_" in p and "/cifar10/" in p
+                                  and not p.endswith("_recommended.yaml")], ids=os.path.basename)
+def test_mlaan_configs_ship_the_papers_setting_and_ours(path):
+    """The plain name is the paper's published CIFAR setting, ``_recommended`` timm_local's variant; headers say so."""
+    recommended = path[:-len(".yaml")] + "_recommended.yaml"
+    assert os.path.exists(recommended)
+    base = parse_args(["--config", path]).model_kwargs["base"]
+    for config, expected, says in ((path, MLAAN_PAPER[base], "Setting: the paper's"),
+                                   (recommended, MLAAN_RECOMMENDED, "Setting: timm_local's recommended variant")):
+        kwargs = parse_args(["--config", config]).model_kwargs
+        assert {k: kwargs.get(k) for k in expected} == expected, config
+        with open(config) as f:
+            assert any(line.startswith("# " + says) for line in f), config
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, CONFIG_DIR))
 def test_config_builds_its_model(path):
     args = parse_args(["--config", path])
     folder, name = os.path.basename(os.path.dirname(path)), os.path.basename(path)
     match = NAME.match(name)
-    assert match, f"{name} does not follow <model>_k<K>[_suffix].yaml"
+    assert match, f"{name} does not follow <model>_k<K>[_suffix[_suffix]].yaml"
     assert args.model == match["model"] and args.dataset == folder
     method = match["model"].rsplit("_", 1)[1]
     if folder == "imagenet":

@@ -1,4 +1,4 @@
-"""Gradient barriers, joint == interleaved, K = 1 == E2E (issue: timm_local core)."""
+"""Gradient barriers, joint == interleaved, K = 1 == E2E (issue: timm_local core); MLAAN's shared forward (issue 12)."""
 import copy
 
 import pytest
@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import assert_each_loss_reaches_only_its_modules, assert_joint_equals_interleaved, batch, grads
+from timm_local.local.context import LocalContext
 
 # Weights that make every aux loss non-zero, so isolation can see each loss's reach.
 ALL_ON = dict(recon_weights=(1.0, 1.0), task_weights=(1.0, 1.0))
@@ -90,3 +91,64 @@ def test_local_step_keeps_no_graph():
     model = timm.create_model("resnet32_man", num_local_modules=5)
     out = model.local_step(*batch())
     assert not out.logits.requires_grad and all(not loss.requires_grad for loss in out.losses)
+
+
+def mlaan_step_by_reevaluation(model, x, y):
+    """The MLAAN step as timm_local computed it before the shared forward (issue 12, item 3), kept here as
+    the reference: module k runs on its detached input (the independent path), and every cascaded loss
+    re-runs modules f..k, f = max(0, k − L + 1), from the stored detached input of module f; each local loss
+    is back-propagated at once. Module 0's stored input is the image, so the stem runs in both passes."""
+    modules, depth = model.local_modules, model.method.cascade_depth
+    ctx = LocalContext(image=x, target=y, mean=model.mean, std=model.std)
+    inputs, h, last = {}, x, len(modules) - 1
+    for k, module in enumerate(modules):
+        inputs[k] = h
+        objective = module.objective
+        if objective is None:
+            with torch.no_grad():
+                h = module.body(h)
+            continue
+        out = module.body(h)
+        z = inputs[objective.first]
+        for j in range(objective.first, k + 1):
+            z = modules[j].body(z)
+        if k < last:
+            loss = objective.cascade_weight * objective.cascaded(z, ctx)
+            loss = loss + objective.independent_weight * objective.independent(out, ctx)
+        else:
+            loss = objective.cascade_weight * F.cross_entropy(z, y)
+            if objective.independent_weight is not None:
+                loss = loss + objective.independent_weight * F.cross_entropy(out, y)
+        loss.backward()
+        h = out.detach()
+
+
+STEM_STATS = ("bn1.running_mean", "bn1.running_var", "bn1.num_batches_tracked")
+
+
+@pytest.mark.parametrize("k,kwargs", [
+    (4, {}),
+    (8, {"laminae": 3, "base": "infopro", **ALL_ON}),
+    (15, {"final_loss": "cascade", "ema_update": "last"}),
+])
+def test_mlaan_shared_forward_matches_the_reevaluating_step(k, kwargs, one_thread):
+    """Same gradients (1e-6) and, after an optimizer step, the same weights and BatchNorm statistics; only
+    the stem's statistics differ (one update instead of the old two, see test_methods)."""
+    torch.manual_seed(2)
+    new = timm.create_model("resnet32_mlaan", num_local_modules=k, **kwargs)
+    old = copy.deepcopy(new)
+    x, y = batch(8, seed=5)
+    mlaan_step_by_reevaluation(old, x, y)
+    new.local_step(x, y)
+    g_old, g_new = grads(old), grads(new)
+    assert g_old.keys() == g_new.keys()
+    assert max((g_old[n] - g_new[n]).abs().max().item() for n in g_old) <= 1e-6
+    for model in (old, new):
+        model.momentum_update()
+        torch.optim.SGD(model.local_param_groups(), lr=0.1, momentum=0.9).step()
+    s_old, s_new = old.state_dict(), new.state_dict()
+    for name in s_old:
+        if name in STEM_STATS:
+            assert not torch.equal(s_old[name], s_new[name]), name
+        else:
+            torch.testing.assert_close(s_new[name], s_old[name], rtol=0, atol=1e-6, msg=name)

@@ -1,5 +1,7 @@
 """What each method computes: SupCon, λ schedules, MAN's EMA rule, MLAAN's chains, and that each learns."""
 
+import copy
+
 import pytest
 import timm
 import torch
@@ -140,6 +142,52 @@ def test_mlaan_last_only_ema_update_freezes_other_twins():
     model.momentum_update()
     assert torch.equal(twins[1].momentum.conv1.weight, before[1])
     assert not torch.equal(twins[2].momentum.conv1.weight, before[2])
+
+
+def _bn_batch_stats(bn_input):
+    """Per-channel batch mean and unbiased variance, what one train-mode BatchNorm forward averages in."""
+    return bn_input.mean((0, 2, 3)), bn_input.var((0, 2, 3), unbiased=True)
+
+
+def test_mlaan_step_updates_batchnorm_statistics_as_the_reference_does(one_thread):
+    """METHODS.md §6.2, §9 B13, with 2 laminae, K = 4 (cuts 3, 7, 11): the reference runs the stem once per step,
+    module 0's blocks twice (own path, cascade 1), module 1's three times (own path, cascades 1 and 2). With
+    momentum m = 0.1, n identical updates from (mean 0, var 1) give mean (1 − 0.9ⁿ)·μ, var 0.9ⁿ + (1 − 0.9ⁿ)·v."""
+    model = timm.create_model("resnet32_mlaan", num_local_modules=4)
+    assert model.cuts == (3, 7, 11)
+    x, y = batch(n=8, seed=4)
+    with torch.no_grad():  # the batch statistics each BatchNorm sees, from an untouched copy
+        probe = copy.deepcopy(model.backbone)
+        stem_conv = probe.conv1(x)
+        h = probe.forward_stem(x)
+        block0_conv = probe.layer1[0].conv1(h)
+        for block in probe.layer1[:3]:
+            h = block(h)
+        block3_conv = probe.layer1[3].conv1(h)
+    model.local_step(x, y)
+    for bn, bn_input, n in ((model.backbone.bn1, stem_conv, 1), (model.backbone.layer1[0].bn1, block0_conv, 2),
+                            (model.backbone.layer1[3].bn1, block3_conv, 3)):
+        mean, var = _bn_batch_stats(bn_input)
+        keep = 0.9 ** n
+        torch.testing.assert_close(bn.running_mean, (1 - keep) * mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(bn.running_var, keep + (1 - keep) * var, rtol=1e-5, atol=1e-6)
+        assert bn.num_batches_tracked.item() == n
+
+
+def test_mlaan_infopro_reference_independent_head_is_contrastive():
+    """resnetInfoProbin.py builds the independent head with its defaults ('1c2f', contrast, 128-d) whatever the
+    cascaded path uses (METHODS.md §6.4); independent_head='same' repeats the cascaded path's settings."""
+    model = timm.create_model("resnet32_mlaan", num_local_modules=15, base="infopro", local_loss="ce",
+                              aux_config="2c2f", independent_head="reference")
+    independent, cascaded = model.aux[5].independent, model.aux[5].cascaded
+    assert (independent.loss_kind, cascaded.loss_kind) == ("contrast", "ce")
+    assert independent.head[-1].out_features == 128 and cascaded.head[-1].out_features == 10
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in independent.head) == 1  # 1c2f
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in cascaded.head) == 2  # 2c2f
+    same = timm.create_model("resnet32_mlaan", num_local_modules=15, base="infopro", local_loss="ce")
+    assert same.aux[5].independent.loss_kind == "ce" and same.aux[5].independent.head[-1].out_features == 10
+    with pytest.raises(ValueError, match=r"independent_head='reference' .* use it with base='infopro'"):
+        timm.create_model("resnet32_mlaan", independent_head="reference")
 
 
 LEARNERS = [

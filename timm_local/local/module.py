@@ -15,7 +15,7 @@ class LocalModule(nn.Module):
 
     ``forward(h_in, ctx)`` returns ``(h_out, loss)``: the module's output and its local loss
     (``None`` when the method gives this module no objective of its own, e.g. MLAAN's first
-    module). The module does not detach anything; the engine puts the gradient barriers between
+    module; a :class:`~timm_local.local.context.CascadeLoss` for a loss that spans modules). The module does not detach anything; the engine puts the gradient barriers between
     modules. Prepare each local module as its own DDP wrapper (ECOSYSTEM.md §4.2).
     """
 
@@ -29,9 +29,9 @@ class LocalModule(nn.Module):
         self.objective = objective
         self.grad_checkpointing = False
 
-    def body(self, h: torch.Tensor) -> torch.Tensor:
-        """The backbone part only: stem (module 0), blocks, head (last module)."""
-        if self.stem is not None:
+    def body(self, h: torch.Tensor, with_stem: bool = True) -> torch.Tensor:
+        """The backbone part only: stem (module 0; ``with_stem=False`` starts after it), blocks, head (last module)."""
+        if self.stem is not None and with_stem:
             h = self.stem(h)
         if len(self.blocks):
             if self.grad_checkpointing and torch.is_grad_enabled():

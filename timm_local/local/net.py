@@ -16,7 +16,8 @@ from timm.models._input import update_model_input_size
 from torch import nn
 
 from ..methods.base import BlockCopies, LocalMethod, LocalPlan, momentum_lerp_
-from .context import LocalContext
+from .cascade import run_joint, run_shared
+from .context import CascadeLoss, LocalContext
 from .layout import BackboneLayout, probe_features
 from .module import LocalModule
 from .placement import factory_defaults
@@ -285,6 +286,8 @@ class LocalNet(nn.Module):
 
         Args:
             backward: called on each local loss (e.g. ``accelerator.backward``); default ``Tensor.backward``.
+                For a loss that spans modules (MLAAN) it is called on each part with ``inputs=`` (the aux
+                nets and the module's output), and the engine routes the rest (``local/cascade.py``).
             modules: the local modules to call, in order; pass the DDP/Accelerate-prepared wrappers of
                 ``self.local_modules`` here. Default: ``self.local_modules``.
         Returns:
@@ -319,27 +322,29 @@ class LocalNet(nn.Module):
         self._check_input(x, target)
         if len(modules) != len(self.local_modules):
             raise ValueError(f"got {len(modules)} modules for {len(self.local_modules)} local modules")
-        depth = self.method.cascade_depth
         mean, std = self._normalisation(x.device)
-        ctx = LocalContext(image=x, target=target, mean=mean, std=std,
-                           bodies=[m.body for m in self.local_modules] if depth > 1 else ())
+        ctx = LocalContext(image=x, target=target, mean=mean, std=std)
+        depth = self.method.cascade_depth
+        if depth > 1:  # losses that span modules (MLAAN): local/cascade.py
+            if backward is None:
+                return LocalStepOutput(*run_joint(self, x, ctx, depth))
+            return LocalStepOutput(*run_shared(self, x, ctx, modules, backward, depth))
         autocast_cache = backward is not None and torch.is_autocast_enabled(x.device.type)
         h, losses = x, []
         last = len(modules) - 1
         for k, module in enumerate(modules):
-            if depth > 1:
-                ctx.module_inputs[k] = h
-                ctx.module_inputs.pop(k - depth, None)
             if self.local_modules[k].objective is None:
                 with torch.no_grad():
                     h_out, loss = module(h, ctx)
                 loss = torch.zeros((), device=x.device)
             else:
                 h_out, loss = module(h, ctx)
+                if isinstance(loss, CascadeLoss):  # a cascade of one module: both parts reach module k only
+                    loss = loss.total()
                 if backward is not None:
                     backward(loss)
                     loss = loss.detach()
-            if autocast_cache:  # free module k's low-precision weight copies (a later cascade re-casts its own)
+            if autocast_cache:  # free module k's low-precision weight copies
                 torch.clear_autocast_cache()
             losses.append(loss)
             h = h_out.detach() if (k < last or backward is not None) else h_out

@@ -1,16 +1,17 @@
 """MLAAN (Zhang et al., AAAI 2025): multilaminar local modules + leap augmented modules (METHODS.md §6).
 
-Every loss after the first ``laminae - 1`` modules has two parts:
+Every loss after the first ``laminae - 1`` modules has two parts (a :class:`CascadeLoss`):
 
-* independent path: the module's own output h_i (input detached) → head → CE, weight ``wx`` (0.001);
-* cascaded path: the last ``laminae`` modules re-evaluated from the detached input of module
-  i − laminae + 1, then the leap chain (clones of deeper backbone blocks; the first clone is summed
-  with its EMA twin as in MAN) → head → CE, weight ``wy`` (0.999).
+* own (independent path): the module's output h_i (input detached) → head → CE, weight ``wx`` (0.001);
+* cascade: h_i with the graph of the last ``laminae`` modules, i − laminae + 1 .. i (``ctx.cascade``), then
+  the leap chain (clones of deeper backbone blocks; the first clone is summed with its EMA twin as in
+  MAN) → head → CE, weight ``wy`` (0.999).
 
 So loss i trains modules i − laminae + 1 .. i. The last module's loss is
 ``wx · CE(logits) + wy · CE(cascaded logits)`` (the ImageNet code; ``final_loss='cascade'`` keeps
-only the cascaded CE with weight 1, as the CIFAR code does, §9 B11). Re-evaluated blocks update
-their BatchNorm running statistics once per evaluation, as in the reference (§9 B13).
+only the cascaded CE with weight 1, as the CIFAR code does, §9 B11). The engine runs each module once
+per step and gives every block the BatchNorm updates the reference's re-evaluations make (§9 B13,
+``local/cascade.py``).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..local.context import LocalContext
+from ..local.context import CascadeLoss, LocalContext
 from .aux_factory import aux_family
 from .aux_nets import AUX_CONFIGS
 from .base import BlockCopies, LocalMethod, LocalObjective, LocalPlan
@@ -127,19 +128,8 @@ class LeapChain(BlockCopies):
         return f"chain={list(self.chain)}"
 
 
-def run_cascade(ctx: LocalContext, first: int, last: int) -> torch.Tensor:
-    """Re-evaluate local modules ``first .. last`` from the detached input of module ``first``.
-
-    Objectives skip this when ``first == last``: the module's own output is that cascade.
-    """
-    z = ctx.module_inputs[first]
-    for j in range(first, last + 1):
-        z = ctx.bodies[j](z)
-    return z
-
-
 class MLAANObjective(LocalObjective):
-    """wx · independent(h_i) + wy · cascaded(chain(modules first..i re-evaluated))."""
+    """own = wx · independent(h_k); cascade = wy · cascaded(chain(h_k through modules first..k))."""
 
     def __init__(self, index: int, first: int, independent: Optional[nn.Module], cascaded: nn.Module,
                  independent_weight: float, cascade_weight: float):
@@ -149,12 +139,10 @@ class MLAANObjective(LocalObjective):
         self.cascaded = cascaded
         self.independent_weight, self.cascade_weight = independent_weight, cascade_weight
 
-    def forward(self, h: torch.Tensor, ctx: LocalContext) -> torch.Tensor:
-        cascade_input = h if self.first == self.index else run_cascade(ctx, self.first, self.index)
-        loss = self.cascade_weight * self.cascaded(cascade_input, ctx)
-        if self.independent is not None:
-            loss = loss + self.independent_weight * self.independent(h, ctx)
-        return loss
+    def forward(self, h: torch.Tensor, ctx: LocalContext) -> CascadeLoss:
+        cascade = self.cascade_weight * self.cascaded(ctx.cascade(self.index, h), ctx)
+        own = self.independent_weight * self.independent(h, ctx) if self.independent is not None else None
+        return CascadeLoss(own, cascade)
 
     def momentum_pairs(self):
         return self.cascaded.momentum_pairs()
@@ -164,22 +152,23 @@ class MLAANObjective(LocalObjective):
 
 
 class MLAANFinalObjective(LocalObjective):
-    """Last module: wx · CE(logits) + wy · CE(logits of modules first..K−1 re-evaluated); or the cascaded CE alone."""
+    """Last module: own = wx · CE(logits), cascade = wy · CE(logits through modules first..K−1); or the cascaded CE alone."""
 
     def __init__(self, index: int, first: int, independent_weight: Optional[float], cascade_weight: float):
         super().__init__()
         self.index, self.first = index, first
         self.independent_weight, self.cascade_weight = independent_weight, cascade_weight
 
-    def forward(self, logits: torch.Tensor, ctx: LocalContext) -> torch.Tensor:
-        if self.first == self.index:  # a cascade of one module is the module itself: plain CE (K = 1 is E2E)
+    def forward(self, logits: torch.Tensor, ctx: LocalContext) -> CascadeLoss:
+        if self.first == self.index:  # a cascade of one module is the module itself: one CE (K = 1 is E2E)
             weight = self.cascade_weight + (self.independent_weight or 0.0)
-            return weight * F.cross_entropy(logits.float(), ctx.target)
-        cascaded = run_cascade(ctx, self.first, self.index)
-        loss = self.cascade_weight * F.cross_entropy(cascaded.float(), ctx.target)
+            return CascadeLoss(None, weight * F.cross_entropy(logits.float(), ctx.target))
+        cascaded = ctx.cascade(self.index, logits)
+        cascade = self.cascade_weight * F.cross_entropy(cascaded.float(), ctx.target)
+        own = None
         if self.independent_weight is not None:
-            loss = loss + self.independent_weight * F.cross_entropy(logits.float(), ctx.target)
-        return loss
+            own = self.independent_weight * F.cross_entropy(logits.float(), ctx.target)
+        return CascadeLoss(own, cascade)
 
 
 @dataclass
@@ -198,6 +187,10 @@ class MLAAN(LocalMethod):
         clone_init: 'copy' (clones start as the backbone's initial blocks, CIFAR code) or 'random' (ImageNet code).
         aux_config, local_loss, recon_weights, task_weights, aux_widen, aux_feature_dim: the InfoPro
             objective used with ``base='infopro'`` (defaults as MAN's README).
+        independent_head: with ``base='infopro'``, 'same' (the independent path uses ``aux_config`` and
+            ``local_loss`` like the cascaded one; default) or 'reference' (``resnetInfoProbin.py``: the
+            independent head is always '1c2f' with the contrastive loss on 128-d features, widen 1,
+            whatever the cascaded path uses).
         weight_schedule: λ interpolation with ``base='infopro'``: 'stage' (the reference, r = stage of
             module k / (K − 2), clamped; default, as the README weights assume it) or 'module'.
     """
@@ -218,6 +211,7 @@ class MLAAN(LocalMethod):
     aux_widen: float = 1.0
     aux_feature_dim: int = 128
     weight_schedule: str = "stage"
+    independent_head: str = "same"
 
     def __post_init__(self):
         if int(self.laminae) < 1:
@@ -229,34 +223,46 @@ class MLAAN(LocalMethod):
         check_choice("aux_config", self.aux_config, AUX_CONFIGS)
         check_choice("local_loss", self.local_loss, ("ce", "contrast"))
         check_choice("weight_schedule", self.weight_schedule, ("module", "stage"))
+        check_choice("independent_head", self.independent_head, ("same", "reference"))
+        if self.independent_head == "reference" and self.base != "infopro":
+            raise ValueError("independent_head='reference' is MLAAN + InfoPro's head (resnetInfoProbin.py): "
+                             "use it with base='infopro'; base='dgl' uses the same light head on both paths")
         check_momentum(self.momentum)
 
     @property
     def cascade_depth(self) -> int:
         return int(self.laminae)
 
-    def _path_objective(self, plan: LocalPlan, k: int, shape: tuple[int, ...],
-                        transform: Optional[nn.Module]) -> InfoProObjective:
+    def _path_objective(self, plan: LocalPlan, k: int, shape: tuple[int, ...], transform: Optional[nn.Module],
+                        head: tuple[str, str, float, int]) -> InfoProObjective:
         """The loss of one path reading features of ``shape``: CE of the light head ('dgl': GAP + Linear
-        on CIFAR), or InfoPro's objective ('infopro')."""
+        on CIFAR), or InfoPro's objective ('infopro') with ``head`` = (aux_config, loss, widen, feature_dim)."""
         family = aux_family(plan)
         if self.base == "dgl":
             return InfoProObjective(family.linear_head(plan, shape, plan.num_classes), "ce", 1.0, transform=transform)
-        out = self.aux_feature_dim if self.local_loss == "contrast" else plan.num_classes
-        head = family.task_head(plan, shape, self.aux_config, out, self.aux_widen, self.aux_feature_dim)
+        config, loss, widen, feature_dim = head
+        out = feature_dim if loss == "contrast" else plan.num_classes
+        task_head = family.task_head(plan, shape, config, out, widen, feature_dim)
         if self.weight_schedule == "module":
             r = module_index_ratio(k, plan.num_modules)
         else:  # resnetInfoProbin.py: the stage of module k's own last block
             last_block = plan.next_block_index(k) - 1
             stage = plan.stage_of_block(last_block) if last_block >= 0 else 0
             r = stage_index_ratio(stage, paper_module_count(plan.num_modules, plan.layout.num_blocks))
-        decoder = family.decoder(plan, shape, self.aux_widen)
-        return InfoProObjective(head, self.local_loss, interpolate(tuple(self.task_weights), r), decoder,
+        decoder = family.decoder(plan, shape, widen)
+        return InfoProObjective(task_head, loss, interpolate(tuple(self.task_weights), r), decoder,
                                 interpolate(tuple(self.recon_weights), r), transform)
+
+    def _heads(self) -> tuple[tuple[str, str, float, int], tuple[str, str, float, int]]:
+        """(independent, cascaded) head settings: the cascaded path's are the options; the independent path
+        repeats them, or is the reference's default head ('1c2f', contrast, widen 1, 128-d)."""
+        cascaded = (self.aux_config, self.local_loss, self.aux_widen, self.aux_feature_dim)
+        return (("1c2f", "contrast", 1.0, 128) if self.independent_head == "reference" else cascaded), cascaded
 
     def build_objectives(self, plan: LocalPlan) -> list[Optional[LocalObjective]]:
         num_modules = plan.num_modules
         objectives: list[Optional[LocalObjective]] = []
+        independent_head, cascaded_head = self._heads()
         for k in range(num_modules - 1):
             if k < self.laminae - 1:
                 objectives.append(None)  # the reference's first modules have no loss of their own (§9 B12)
@@ -266,8 +272,8 @@ class MLAAN(LocalMethod):
             transform = LeapChain(plan, chain, self.momentum, self.clone_init, update)
             objectives.append(MLAANObjective(
                 index=k, first=max(0, k - self.laminae + 1),
-                independent=self._path_objective(plan, k, plan.output_shape(k), None),
-                cascaded=self._path_objective(plan, k, plan.block_output_shape(chain[-1]), transform),
+                independent=self._path_objective(plan, k, plan.output_shape(k), None, independent_head),
+                cascaded=self._path_objective(plan, k, plan.block_output_shape(chain[-1]), transform, cascaded_head),
                 independent_weight=self.independent_weight, cascade_weight=self.cascade_weight))
         last = num_modules - 1
         weighted = self.final_loss == "weighted"

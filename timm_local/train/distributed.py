@@ -4,13 +4,14 @@ Interleaved local training runs forward_k → backward_k module by module. Under
 module is therefore prepared as its own ``DistributedDataParallel`` wrapper: its backward
 all-reduces exactly that module's gradients (ECOSYSTEM.md §4.2, pattern D).
 
-That scheme is wrong for methods whose losses span several modules (MLAAN's cascade,
-``method.cascade_depth > 1``): loss k also back-propagates into modules k − 1, …, whose DDP
-reducers have already finished for this step, so those gradient contributions would stay local
-to each rank and the replicas would silently drift apart. For such methods under DDP the
-modules are prepared *without* a DDP wrapper (autocast and device placement only) and
-:class:`GradientSync` averages every gradient across processes once, after all local backward
-passes, and broadcasts rank 0's buffers (BatchNorm statistics) as DDP's ``broadcast_buffers`` does.
+Methods whose losses span several modules (MLAAN's cascade, ``method.cascade_depth > 1``) are
+prepared *without* a DDP wrapper (autocast and device placement only) and :class:`GradientSync`
+averages every gradient across processes once, after all local backward passes, and broadcasts
+rank 0's buffers (BatchNorm statistics) as DDP's ``broadcast_buffers`` does. (Per-module wrappers
+let the replicas drift apart while every cascade re-ran earlier modules after their reducers had
+finished; the shared-forward step gives each parameter its whole gradient in one pass, so they now
+agree as well, ``tests/test_ddp.py``, but one all-reduce after the last backward is the simpler
+contract for a loss that crosses modules.)
 """
 from __future__ import annotations
 
