@@ -13,6 +13,16 @@ def _timm_local_cache(tmp_path_factory):
         yield
 
 
+@pytest.fixture
+def fresh_accelerate_state():
+    """Each ``train()`` builds its own Accelerator; forget the process-wide state before and after a test."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

@@ -23,14 +23,7 @@ from timm_local.train.resume import ResumeError
 from timm_local.train.run_folder import RunFolder, RunFolderError
 from timm_local.validate import main as validate_main
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
+pytestmark = pytest.mark.usefixtures("one_thread", "fresh_accelerate_state")
 
 
 @pytest.fixture(scope="module")

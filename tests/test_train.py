@@ -20,21 +20,13 @@ from timm_local.train import NonFiniteLossError, parse_args, train
 from timm_local.train.outputs import summary_columns
 from timm_local.validate import main as validate_main
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "fresh_accelerate_state")
 
 RESULT_KEYS = {"model", "model_kwargs", "dataset", "num_local_modules", "epochs", "top1_final", "top5_final", "top1_best",
                "best_epoch", "eval_loss_final", "train_images_per_sec", "peak_memory_mb", "wall_time_s", "num_params",
                "device", "torch", "timm", "timm_local", "accelerate", "command", "date"}
 ARGS_KEYS = {"model", "model_kwargs", "dataset", "data_dir", "epochs", "batch_size", "lr", "opt", "weight_decay",
              "momentum", "sched", "warmup_epochs", "seed", "mixed_precision"}
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    """Each ``train()`` builds its own Accelerator; forget the process-wide state between runs."""
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 @pytest.fixture(scope="module")
