@@ -167,7 +167,7 @@ def test_local_step_at_224_px():
     x, y = images(size=224)
     out = model.local_step(x, y)
     assert out.logits.shape == (2, 1000) and all(torch.isfinite(loss) for loss in out.losses)
-    with pytest.raises(ValueError, match="img_size=224"):
+    with pytest.raises(ValueError, match=r"built for 224×224: create the model with img_size=64, or resize"):
         model.local_step(*images(size=64))
 
 
