@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 __all__ = ["CorruptImageError", "DECODE_ERRORS", "corrupt_image_message", "decode_rgb", "decode_split", "locate_row"]
 
@@ -146,6 +147,7 @@ def decode_split(
     ``ds`` is a ``datasets.IterableDataset`` or ``Dataset``; it is read with the arrow formatter, so the image
     column stays encoded (no PIL decode inside ``datasets``). ``where`` names the source in error messages,
     ``files`` (the split's parquet files, in the order ``ds`` reads them) lets them name the file of a bad row.
+    A progress bar (removed when done) counts the rows read.
 
     Raises:
         CorruptImageError: an image cell does not decode.
@@ -156,10 +158,12 @@ def decode_split(
     images, labels = [], []
     row = 0
     expected = (3, image_size, image_size)
-    with warnings.catch_warnings():  # read-only-buffer and torchvision.io deprecation warnings, once per image
+    progress = tqdm(total=max_samples, desc=f"decoding {where}", unit="img", leave=False, dynamic_ncols=True)
+    with warnings.catch_warnings(), progress:  # read-only-buffer and torchvision.io deprecation warnings
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         for table in ds.with_format("arrow").iter(batch_size=batch_size):
+            progress.update(table.num_rows)
             names = table.column_names
             if image_column not in names or label_column not in names:
                 raise ValueError(

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from torch import nn
+from tqdm.auto import tqdm
 
 
 class NonFiniteLossError(RuntimeError):
@@ -71,13 +72,13 @@ class LossMonitor:
 def evaluate(model: nn.Module, loader: Iterable, accelerator: Accelerator) -> dict[str, float]:
     """Top-1 / top-5 accuracy (%) and mean CE of the plain backbone ``model(x)``, over every process's shard.
 
-    Runs under ``accelerator.autocast()`` (the model is not a prepared module, so nothing else applies
+    Shows a progress bar on the main process (removed when done). Runs under ``accelerator.autocast()`` (the model is not a prepared module, so nothing else applies
     mixed precision to it) and in eval mode (BatchNorm running statistics, no aux nets).
     """
     was_training = model.training
     model.eval()
     totals = torch.zeros(4, device=accelerator.device, dtype=torch.float64)  # loss sum, top-1, top-5, count
-    for x, y in loader:
+    for x, y in tqdm(loader, desc="eval", leave=False, dynamic_ncols=True, disable=not accelerator.is_main_process):
         with accelerator.autocast():
             logits = model(x)
         logits = logits.float()
