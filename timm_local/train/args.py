@@ -76,6 +76,22 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--grad-checkpointing", action="store_true", help="gradient checkpointing inside each module")
     group.add_argument("--torchcompile", nargs="?", const="inductor", default=None,
                        help="torch.compile every local module with this backend")
+    # timm train.py's model flags: each one is a timm.create_model kwarg, merged into --model-kwargs (so the
+    # checkpoint's model_kwargs rebuild the same model); the same key given both ways must agree
+    group.add_argument("--num-classes", type=int, default=None,
+                       help="classifier width, as timm (default: the dataset's class count); at least that count")
+    group.add_argument("--img-size", type=int, default=None,
+                       help="input size the model and its aux nets are built for (create_model img_size; the "
+                            "streamed datasets also resize to it); default: the model's")
+    group.add_argument("--in-chans", type=int, default=None,
+                       help="input channels (create_model in_chans); the datasets are RGB, so only 3 trains")
+    group.add_argument("--drop-path", type=float, default=None,
+                       help="stochastic depth rate (create_model drop_path_rate); default: the model's")
+    group.add_argument("--pretrained", action="store_true",
+                       help="start from the model's pretrained weights (timm.create_model pretrained=True)")
+    group.add_argument("--initial-checkpoint", default="",
+                       help="start from this checkpoint's weights only, as timm (timm.models.load_checkpoint: "
+                            "backbone-only files keep the fresh aux nets); not a resume")
 
     group = parser.add_argument_group("Optimizer and schedule (defaults: the papers' CIFAR recipe, METHODS.md §7.1)")
     group.add_argument("--opt", default="sgd", help="timm optimizer name ('sgd' = SGD with Nesterov momentum)")
@@ -99,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--mixed-precision", default=None, choices=("no", "bf16", "fp16", "auto"),
                        help="default: whatever `accelerate launch` / the Accelerate config says; 'auto': bf16 where it "
                             "is native (a bf16 GPU, a CPU with AVX512-BF16/AMX), else no")
+    group.add_argument("--amp", action="store_true",
+                       help="mixed precision, as timm's --amp: --amp-dtype, or by default bf16 where it is native "
+                            "(bf16 GPU, AVX512-BF16/AMX CPU), else fp16 on a GPU; refused on a CPU without bf16")
+    group.add_argument("--amp-dtype", default=None, choices=("float16", "bfloat16"),
+                       help="the --amp dtype (timm's default is float16; ours picks as --amp says); needs --amp")
     group.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
     group.add_argument("--output", default="./output/train", help="parent folder of the run folders")
     group.add_argument("--experiment", default="", help="run folder name (default: <date>-<model>-k<K>-<dataset>)")
@@ -179,6 +200,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     args.config = config_args.config
     args.model_kwargs = dict(args.model_kwargs or {})
+    _merge_model_flags(args, parser)
+    if args.amp_dtype and not args.amp:
+        parser.error(f"--amp-dtype {args.amp_dtype} needs --amp (or use --mixed-precision)")
+    if args.amp and args.mixed_precision is not None:
+        parser.error(f"--amp and --mixed-precision {args.mixed_precision} both choose the mixed precision: give one")
+    if args.resume and (args.pretrained or args.initial_checkpoint):
+        parser.error("--resume loads all weights from its checkpoint, so --pretrained / --initial-checkpoint would "
+                     "have no effect: drop them (or drop --resume to start a new run from those weights)")
     if args.model is None and not args.resume:
         args.model = DEFAULT_MODEL  # when resuming, train() takes the checkpoint's
     if args.warmup_lr is None:
@@ -186,6 +215,26 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.lr < 0 or args.warmup_lr < 0:
         parser.error(f"--lr and --warmup-lr must be >= 0, got {args.lr} and {args.warmup_lr}")
     return args
+
+
+# timm train.py flag -> the timm.create_model kwarg it sets
+MODEL_FLAGS = {"num_classes": "num_classes", "img_size": "img_size", "in_chans": "in_chans",
+               "drop_path": "drop_path_rate"}
+
+
+def _merge_model_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Put ``--num-classes`` / ``--img-size`` / ``--in-chans`` / ``--drop-path`` into ``args.model_kwargs``.
+
+    A kwarg set both by its flag and by ``--model-kwargs`` (or the config's ``model_kwargs``) must have one value.
+    """
+    for flag, key in MODEL_FLAGS.items():
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        if key in args.model_kwargs and args.model_kwargs[key] != value:
+            parser.error(f"--{flag.replace('_', '-')} {value} and --model-kwargs {key}={args.model_kwargs[key]} "
+                         f"disagree: give one of them")
+        args.model_kwargs[key] = value
 
 
 def args_to_dict(args: argparse.Namespace) -> dict[str, Any]:

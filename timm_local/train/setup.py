@@ -14,7 +14,7 @@ from ..data import Loaders, build_loaders
 from ..data.bench_loader import benchmark_loader
 from ..data.specs import get_dataset_spec
 from ..local import LocalNet
-from ..precision import emulated_bf16_warning, resolve_mixed_precision
+from ..precision import emulated_bf16_warning, resolve_amp, resolve_mixed_precision
 from .distributed import check_distributed_type
 
 
@@ -26,13 +26,16 @@ def expected_device_type(cpu: bool) -> str:
 def create_accelerator(args: argparse.Namespace, project_dir: Optional[str] = None) -> Accelerator:
     """An Accelerator for ``args`` (mixed precision: the flag, else the launcher's), seeded identically on every rank.
 
-    ``--mixed-precision auto`` is resolved here (:mod:`timm_local.precision`) and written back to ``args``,
-    so args.yaml records what ran.
+    ``--mixed-precision auto`` and timm's ``--amp [--amp-dtype]`` are resolved here (:mod:`timm_local.precision`)
+    and written back to ``args.mixed_precision``, so args.yaml records what ran.
 
     Every rank uses the same seed so that models are built identically (DDP broadcasts rank 0's
     weights anyway); the data loaders derive their per-rank randomness from (seed, epoch, rank, batch).
     """
-    args.mixed_precision = resolve_mixed_precision(args.mixed_precision, expected_device_type(args.cpu))
+    device_type = expected_device_type(args.cpu)
+    if args.amp:
+        args.mixed_precision = resolve_amp(args.amp_dtype, device_type)
+    args.mixed_precision = resolve_mixed_precision(args.mixed_precision, device_type)
     accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=args.cpu, log_with=args.log_with or None,
                               project_dir=project_dir, dynamo_backend=args.torchcompile)
     if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
@@ -58,14 +61,31 @@ def model_name_for_dataset(model: str, dataset: str) -> str:
     return tagged if tagged in timm.list_models(model, include_tags=True) else model
 
 
+IMAGE_CHANNELS = 3  # every dataset the loaders read is decoded as RGB
+
+
 def create_local_model(args: argparse.Namespace, accelerator: Accelerator) -> LocalNet:
-    """``timm.create_model(args.model, num_classes=<dataset's>, **args.model_kwargs)`` on the device."""
+    """``timm.create_model(args.model, pretrained=args.pretrained, num_classes=<dataset's>, **args.model_kwargs)``
+    on the device, then ``--initial-checkpoint``'s weights (``timm.models.load_checkpoint``, strict).
+
+    ``--num-classes`` / ``--img-size`` / ``--in-chans`` / ``--drop-path`` arrive in ``args.model_kwargs``
+    (:func:`~timm_local.train.args.parse_args`). A classifier narrower than the dataset's class count, or
+    input channels other than the data's 3, are refused before anything is built.
+    """
     spec = get_dataset_spec(args.dataset)
     kwargs = {"num_classes": spec.num_classes, **args.model_kwargs}
-    model = timm.create_model(model_name_for_dataset(args.model, spec.name), **kwargs)
+    if kwargs["num_classes"] < spec.num_classes:
+        raise ValueError(f"--num-classes {kwargs['num_classes']} is below {spec.name}'s {spec.num_classes} classes: "
+                         f"give at least {spec.num_classes} (or leave it out)")
+    if kwargs.get("in_chans", IMAGE_CHANNELS) != IMAGE_CHANNELS:
+        raise ValueError(f"--in-chans {kwargs['in_chans']}: the {spec.name} images are RGB ({IMAGE_CHANNELS} "
+                         f"channels), so the model must take {IMAGE_CHANNELS}: drop --in-chans")
+    model = timm.create_model(model_name_for_dataset(args.model, spec.name), pretrained=args.pretrained, **kwargs)
     if not isinstance(model, LocalNet):
         raise ValueError(f"--model {args.model} is not a timm_local model (got {type(model).__name__}); choose one of "
                          f"timm_local.list_models(), e.g. resnet32_infopro, or localize it with timm_local.localize()")
+    if args.initial_checkpoint:
+        timm.models.load_checkpoint(model, args.initial_checkpoint)
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
     model.to(accelerator.device)

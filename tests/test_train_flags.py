@@ -1,0 +1,110 @@
+"""train.py's timm flags (issue 13, "train.py speaks timm"): each with timm's name and meaning.
+
+Tiny in-process runs: DGL K=2, one epoch of 32 synthetic CIFAR-10 images, batch 16, on the CPU.
+"""
+import pytest
+import timm
+import torch
+
+from timm_local.data import write_synthetic_copy
+from timm_local.train import parse_args, train
+
+pytestmark = pytest.mark.usefixtures("one_thread", "fresh_accelerate_state")
+
+HUB_MODEL = "resnet32_dgl.k8_cpu10e_cifar10"  # weights in the repo's hub_cards/, loadable offline
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(write_synthetic_copy("cifar10", tmp_path_factory.mktemp("data") / "cifar10", num_train=32, num_eval=16))
+
+
+def flags(tmp_path, data_dir, *extra, model="resnet32_dgl", experiment="run"):
+    return ["--data-dir", data_dir, "--model", model, "--model-kwargs", "num_local_modules=2", "--epochs", "1",
+            "-b", "16", "--output", str(tmp_path), "--experiment", experiment, "--bench-loader-batches", "0",
+            "--log-interval", "1", *extra]
+
+
+def run(tmp_path, data_dir, *extra, **kwargs):
+    experiment = kwargs.get("experiment", "run")
+    results = train(parse_args(flags(tmp_path, data_dir, *extra, **kwargs)))
+    return results, torch.load(tmp_path / experiment / "last.pth.tar", weights_only=True)
+
+
+def backbone_weights(state_dict):
+    """The backbone's conv / linear weights (BatchNorm statistics move even at lr 0)."""
+    return {k: v for k, v in state_dict.items() if not k.startswith("aux.") and k.endswith("weight") and v.dim() > 1}
+
+
+# ---------------------------------------------------------------- model flags, --amp
+def test_model_flags_become_create_model_kwargs_and_reach_the_checkpoint(tmp_path, data_dir):
+    results, checkpoint = run(tmp_path, data_dir, "--num-classes", "12", "--img-size", "32", "--in-chans", "3",
+                              "--drop-path", "0.1")
+    assert checkpoint["model_kwargs"] == {"num_local_modules": 2, "num_classes": 12, "img_size": 32, "in_chans": 3,
+                                          "drop_path_rate": 0.1}
+    assert checkpoint["state_dict"]["fc.weight"].shape[0] == 12
+    model = timm.create_model(checkpoint["arch"], **checkpoint["model_kwargs"])
+    rates = [m.drop_prob for m in model.modules() if type(m).__name__ == "DropPath"]
+    assert rates and max(rates) == pytest.approx(0.1)  # the CIFAR ResNets' linear stochastic-depth rule
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--img-size", "32", "--model-kwargs", "img_size=64"], "--img-size 32 and --model-kwargs img_size=64 disagree"),
+    (["--amp-dtype", "float16"], "--amp-dtype float16 needs --amp"),
+    (["--amp", "--mixed-precision", "bf16"], "--amp and --mixed-precision bf16 both"),
+    (["--resume", "x.pth.tar", "--pretrained"], "--pretrained / --initial-checkpoint would have no effect"),
+])
+def test_contradictory_flags_are_refused_in_one_line(tmp_path, data_dir, capsys, extra, match):
+    with pytest.raises(SystemExit):
+        parse_args(flags(tmp_path, data_dir, *extra))
+    assert match in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--num-classes", "5"], "--num-classes 5 is below cifar10's 10 classes"),
+    (["--in-chans", "1"], "--in-chans 1: the cifar10 images are RGB"),
+])
+def test_a_model_the_data_cannot_train_is_refused_before_training(tmp_path, data_dir, extra, match):
+    with pytest.raises(ValueError, match=match):
+        run(tmp_path, data_dir, *extra)
+
+
+def test_amp_is_bf16_where_native_and_refused_on_a_cpu_without_it(tmp_path, data_dir, monkeypatch):
+    from timm_local import precision
+
+    monkeypatch.setattr(precision, "native_bf16", lambda device_type: False)
+    with pytest.raises(ValueError, match="--amp on this CPU: it has no native bf16"):
+        run(tmp_path, data_dir, "--amp", experiment="refused")
+    monkeypatch.setattr(precision, "native_bf16", lambda device_type: True)
+    results, checkpoint = run(tmp_path, data_dir, "--amp", experiment="native")
+    assert results["mixed_precision"] == "bf16" and checkpoint["args"]["mixed_precision"] == "bf16"
+
+
+def test_amp_dtype_is_taken_as_given(tmp_path, data_dir):
+    with pytest.raises(ValueError, match="fp16 mixed precision needs a GPU"):  # float16 on the CPU: as before
+        run(tmp_path, data_dir, "--amp", "--amp-dtype", "float16")
+
+
+# ---------------------------------------------------------------- starting weights
+def test_initial_checkpoint_sets_the_starting_weights_only(tmp_path, data_dir):
+    source = timm.create_model("resnet32_dgl", num_local_modules=2, num_classes=10)
+    with torch.no_grad():
+        for p in source.backbone.parameters():
+            p.add_(1.0)  # unlike any fresh initialisation
+    path = tmp_path / "init.pth"
+    torch.save({"state_dict": source.backbone.state_dict()}, path)  # backbone only, as a timm checkpoint
+    results, checkpoint = run(tmp_path, data_dir, "--initial-checkpoint", str(path), "--lr", "0", "--weight-decay", "0")
+    expected = backbone_weights(source.state_dict())
+    assert expected.keys() == backbone_weights(checkpoint["state_dict"]).keys()
+    assert all(torch.equal(checkpoint["state_dict"][k], v) for k, v in expected.items())
+    assert checkpoint["epoch"] == 0 and results["resumes"] == []  # a new run, not a resume
+
+
+def test_pretrained_loads_the_hub_weights(tmp_path, data_dir):
+    results, checkpoint = run(tmp_path, data_dir, "--pretrained", "--lr", "0", "--weight-decay", "0",
+                              model=HUB_MODEL)
+    reference = timm.create_model(HUB_MODEL, pretrained=True, num_local_modules=2)
+    expected = backbone_weights(reference.state_dict())
+    assert all(torch.equal(checkpoint["state_dict"][k], v) for k, v in expected.items())
+    fresh = backbone_weights(timm.create_model(HUB_MODEL, num_local_modules=2).state_dict())
+    assert not all(torch.equal(fresh[k], v) for k, v in expected.items())
