@@ -108,3 +108,82 @@ def test_pretrained_loads_the_hub_weights(tmp_path, data_dir):
     assert all(torch.equal(checkpoint["state_dict"][k], v) for k, v in expected.items())
     fresh = backbone_weights(timm.create_model(HUB_MODEL, num_local_modules=2).state_dict())
     assert not all(torch.equal(fresh[k], v) for k, v in expected.items())
+
+
+# ---------------------------------------------------------------- gradients: clipping, accumulation, smoothing
+def _step_setup(seed=0):
+    """A DGL K=2 model in eval mode (BatchNorm statistics fixed, so micro-batches add up exactly) and its pieces."""
+    from accelerate import Accelerator
+
+    from timm_local.train.distributed import GradientSync
+    from timm_local.train.optim import create_optimizer
+
+    torch.manual_seed(seed)
+    model = timm.create_model("resnet32_dgl", num_local_modules=2, num_classes=10).eval()
+    args = parse_args(["--lr", "1", "--momentum", "0", "--weight-decay", "0", "--opt", "momentum"])
+    optimizer = create_optimizer(model, args)
+    return model, list(model.local_modules), optimizer, GradientSync([], enabled=False), Accelerator(cpu=True)
+
+
+def _batch(n=16, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def test_clip_grad_bounds_every_local_module_on_its_own_before_the_step():
+    from timm_local.train.loop import StepOptions, train_step
+
+    model, modules, optimizer, sync, accelerator = _step_setup()
+    norms = []
+    optimizer.step = lambda: norms.append([torch.cat([p.grad.flatten() for p in g["params"]]).norm().item()
+                                           for g in optimizer.param_groups])
+    x, y = _batch()
+    train_step(model, modules, optimizer, sync, accelerator, x, y, StepOptions())
+    train_step(model, modules, optimizer, sync, accelerator, x, y, StepOptions(clip_grad=0.01))
+    unclipped, clipped = norms
+    assert len(clipped) == 2 and min(unclipped) > 0.01
+    assert clipped == pytest.approx([0.01, 0.01], rel=1e-4)
+
+
+def test_grad_accumulation_steps_once_with_the_mean_gradient_of_its_micro_batches():
+    from timm_local.train.loop import StepOptions, accumulation_plan, train_step
+
+    x, y = _batch()
+    whole, modules, optimizer, sync, accelerator = _step_setup()
+    train_step(whole, modules, optimizer, sync, accelerator, x, y, StepOptions())
+    accumulated, modules, optimizer, sync, accelerator = _step_setup()
+    steps = []
+    real_step = optimizer.step
+    optimizer.step = lambda: steps.append(1) or real_step()
+    for (xs, ys), (divisor, step_now) in zip(zip(x.chunk(2), y.chunk(2)), accumulation_plan(2, 2)):
+        train_step(accumulated, modules, optimizer, sync, accelerator, xs, ys, StepOptions(), divisor, step_now)
+    assert steps == [1]
+    for (name, a), b in zip(whole.named_parameters(), accumulated.parameters()):
+        assert torch.allclose(a, b, atol=1e-5), name
+
+
+def test_accumulation_plan_divides_a_short_last_group_by_its_own_length():
+    from timm_local.train.loop import accumulation_plan
+
+    assert list(accumulation_plan(5, 2)) == [(2, False), (2, True), (2, False), (2, True), (1, True)]
+    assert list(accumulation_plan(3, 1)) == [(1, True)] * 3
+
+
+def test_smoothing_reaches_every_cross_entropy_local_loss_and_the_classifier():
+    import torch.nn.functional as F
+
+    model = timm.create_model("resnet32_dgl", num_local_modules=2, num_classes=10).eval()
+    x, y = _batch()
+    with torch.no_grad():
+        logits, plain = model.forward_local(x, y)
+        _, smoothed = model.forward_local(x, y, label_smoothing=0.1)
+    assert smoothed[-1].item() == pytest.approx(F.cross_entropy(logits, y, label_smoothing=0.1).item(), rel=1e-5)
+    assert all(abs(a.item() - b.item()) > 1e-4 for a, b in zip(plain, smoothed))  # the aux CE too
+
+
+def test_clip_accumulation_and_smoothing_train_end_to_end(tmp_path, data_dir):
+    results, checkpoint = run(tmp_path, data_dir, "--clip-grad", "1", "--clip-mode", "agc", "--grad-accum-steps", "2",
+                              "--smoothing", "0.1")
+    assert {k: checkpoint["args"][k] for k in ("clip_grad", "clip_mode", "grad_accum_steps", "smoothing")} == \
+        {"clip_grad": 1.0, "clip_mode": "agc", "grad_accum_steps": 2, "smoothing": 0.1}
+    assert results["eval_loss_final"] == pytest.approx(results["eval_loss_final"])  # finite: NaN != NaN

@@ -107,6 +107,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"the lr the warm-up starts from, never above --lr (default: the papers' "
                             f"{DEFAULT_WARMUP_LR['infopro_cosine']} for infopro_cosine, timm's {TIMM_WARMUP_LR} otherwise)")
     group.add_argument("--min-lr", type=float, default=0.0, help="timm schedulers only")
+    group.add_argument("--clip-grad", type=float, default=None,
+                       help="clip each local module's gradients (its own param group, its own norm) to this, after "
+                            "every module's backward and before the optimizer step (fp16: after unscaling)")
+    group.add_argument("--clip-mode", default="norm", choices=("norm", "value", "agc"),
+                       help="timm's dispatch_clip_grad mode of --clip-grad")
+    group.add_argument("--grad-accum-steps", type=int, default=1,
+                       help="micro-batches whose gradients every local module accumulates (each loss divided by "
+                            "their count, DDP all-reduce on the last only) before one optimizer step; the lr "
+                            "schedule is per epoch")
+    group.add_argument("--smoothing", type=float, default=0.0,
+                       help="label smoothing of every cross-entropy local loss and of the final classifier (not of "
+                            "SupCon or reconstruction losses); timm's default is 0.1, the papers' recipe 0")
 
     group = parser.add_argument_group("Run")
     group.add_argument("--seed", type=int, default=42)
@@ -195,12 +207,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if config_args.config:
         parser.set_defaults(**load_config(config_args.config, parser))
     args = parser.parse_args(remaining)
-    for name in ("epochs", "batch_size", "log_interval"):
+    for name in ("epochs", "batch_size", "log_interval", "grad_accum_steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     args.config = config_args.config
     args.model_kwargs = dict(args.model_kwargs or {})
     _merge_model_flags(args, parser)
+    if not 0.0 <= args.smoothing < 1.0:
+        parser.error(f"--smoothing must be in [0, 1), got {args.smoothing}")
+    if args.clip_grad is not None and args.clip_grad <= 0:
+        parser.error(f"--clip-grad must be > 0, got {args.clip_grad} (leave it out to not clip)")
     if args.amp_dtype and not args.amp:
         parser.error(f"--amp-dtype {args.amp_dtype} needs --amp (or use --mixed-precision)")
     if args.amp and args.mixed_precision is not None:
