@@ -187,3 +187,48 @@ def test_clip_accumulation_and_smoothing_train_end_to_end(tmp_path, data_dir):
     assert {k: checkpoint["args"][k] for k in ("clip_grad", "clip_mode", "grad_accum_steps", "smoothing")} == \
         {"clip_grad": 1.0, "clip_mode": "agc", "grad_accum_steps": 2, "smoothing": 0.1}
     assert results["eval_loss_final"] == pytest.approx(results["eval_loss_final"])  # finite: NaN != NaN
+
+
+# ---------------------------------------------------------------- mixup / cutmix, model EMA
+def test_mixup_and_cutmix_train_every_local_loss_on_soft_targets(tmp_path, data_dir, monkeypatch):
+    from timm_local.train import loop
+
+    targets = []
+    real_step = loop.train_step
+
+    def spy(model, modules, optimizer, sync, accelerator, x, y, *rest):
+        targets.append(y)
+        return real_step(model, modules, optimizer, sync, accelerator, x, y, *rest)
+
+    monkeypatch.setattr(loop, "train_step", spy)
+    results, _ = run(tmp_path, data_dir, "--mixup", "0.8", "--cutmix", "1.0", "--smoothing", "0.1")
+    assert len(targets) == 2 and all(t.shape == (16, 10) for t in targets)
+    assert all(torch.allclose(t.sum(dim=1), torch.ones(16)) for t in targets)
+    assert all((t.max(dim=1).values < 1).all() for t in targets)  # mixed, not one-hot
+    assert results["eval_loss_final"] == pytest.approx(results["eval_loss_final"])  # finite
+
+
+def test_mixup_is_refused_for_a_contrastive_local_loss(tmp_path, data_dir):
+    with pytest.raises(ValueError, match=r"contrastive \(SupCon\) local loss of infopro .*local_loss=ce"):
+        run(tmp_path, data_dir, "--mixup", "0.8", model="resnet32_infopro")
+
+
+def test_model_ema_is_evaluated_and_checkpointed_as_timm_does(tmp_path, data_dir, capsys):
+    from accelerate.state import AcceleratorState
+
+    from timm_local.validate import main as validate_main
+
+    results, checkpoint = run(tmp_path, data_dir, "--model-ema", "--model-ema-decay", "0.5")
+    ema, weights = checkpoint["state_dict_ema"], checkpoint["state_dict"]
+    assert ema.keys() == {k for k in weights if not k.startswith("aux.")}
+    assert any(not torch.equal(v, weights[k]) for k, v in ema.items())
+    assert "model without EMA: eval top1" in capsys.readouterr().out
+    path = tmp_path / "ema.pth"
+    torch.save({"state_dict": ema}, path)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    validated = validate_main(["--model", "resnet32_dgl", "--model-kwargs", "num_local_modules=2", "--checkpoint",
+                               str(path), "--data-dir", data_dir, "--workers", "0"])
+    assert validated["top1"] == pytest.approx(results["top1_final"])  # the run's metrics are the EMA's
+    assert validated["loss"] == pytest.approx(results["eval_loss_final"], rel=1e-5)
+    model = timm.create_model("resnet32_dgl", num_local_modules=2)
+    timm.models.load_checkpoint(model, str(tmp_path / "run" / "last.pth.tar"), use_ema=True)  # timm reads it

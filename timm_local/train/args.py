@@ -120,6 +120,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="label smoothing of every cross-entropy local loss and of the final classifier (not of "
                             "SupCon or reconstruction losses); timm's default is 0.1, the papers' recipe 0")
 
+    group = parser.add_argument_group("Augmentation and EMA (timm's)")
+    group.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (timm.data.Mixup); > 0 enables it")
+    group.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (timm.data.Mixup); > 0 enables it")
+    group.add_argument("--mixup-prob", type=float, default=1.0,
+                       help="probability of applying mixup or cutmix to a batch")
+    group.add_argument("--mixup-switch-prob", type=float, default=0.5,
+                       help="probability of cutmix instead of mixup when both are enabled")
+    group.add_argument("--mixup-mode", default="batch", choices=("batch", "pair", "elem"),
+                       help="how mixup/cutmix parameters are drawn: per batch, pair or element")
+    group.add_argument("--model-ema", action="store_true",
+                       help="keep an EMA of the backbone (timm.utils.ModelEmaV3), updated after every optimizer "
+                            "step; as timm, its eval metrics are the run's (summary.csv, model_best, plateau "
+                            "schedule) and checkpoints hold it as state_dict_ema")
+    group.add_argument("--model-ema-decay", type=float, default=0.9998, help="decay of --model-ema")
+
     group = parser.add_argument_group("Run")
     group.add_argument("--seed", type=int, default=42)
     group.add_argument("--deterministic", action="store_true",

@@ -24,7 +24,7 @@ from .metrics import LossMonitor, NonFiniteLossError, evaluate
 from .optim import create_optimizer, create_scheduler
 from .resume import ResumeState, finished_results, load_resume_state, restore_rng, resume_training
 from .run_folder import LAST, RunFolder, count_summary_rows
-from .setup import build_data, create_accelerator, create_local_model, measure_loader
+from .setup import build_data, create_accelerator, create_local_model, create_mixup, create_model_ema, measure_loader
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,10 @@ def _train_in(run: RunFolder, args: argparse.Namespace, state: Optional[ResumeSt
     scheduler = create_scheduler(optimizer, args)  # from this command's flags, also when resuming
     if state:
         resume_training(state, args.resume, model, optimizer, accelerator)
+    mixup = create_mixup(args, model)
+    model_ema = create_model_ema(args, model)  # from the resumed weights; then the saved EMA, if there is one
+    if state and model_ema is not None and "state_dict_ema" in state.checkpoint:
+        model_ema.module.load_state_dict(state.checkpoint["state_dict_ema"])
     modules, optimizer, sync = prepare_local_modules(accelerator, model, optimizer)
     run.begin(model, accelerator, resume=state)
     run.loader_batches_per_sec = measure_loader(data.train, args.bench_loader_batches, accelerator.device)
@@ -127,7 +131,12 @@ def _train_in(run: RunFolder, args: argparse.Namespace, state: Optional[ResumeSt
                         dynamic_ncols=True)
         plan = accumulation_plan(len(data.train), args.grad_accum_steps)
         for step, ((x, y), (divisor, step_now)) in enumerate(zip(progress, plan)):
-            out = train_step(model, modules, optimizer, sync, accelerator, x, y, options, divisor, step_now)
+            target = y
+            if mixup is not None:
+                x, target = mixup(x, y)  # soft targets; train top-1 below counts against the unmixed labels
+            out = train_step(model, modules, optimizer, sync, accelerator, x, target, options, divisor, step_now)
+            if step_now and model_ema is not None:
+                model_ema.update(model.backbone)
             monitor.update(step, out.losses, out.logits, y)
             if (step + 1) % args.log_interval == 0:
                 monitor.check(epoch)  # one host sync: stops on a NaN/inf local loss, naming module and step
@@ -136,8 +145,13 @@ def _train_in(run: RunFolder, args: argparse.Namespace, state: Optional[ResumeSt
         train_time = run.stop_epoch_timer()
 
         metrics = evaluate(model, data.eval, accelerator)
+        if model_ema is not None:  # as timm: the EMA's metrics are the run's, the model's are printed
+            accelerator.print(f"epoch {epoch + 1}: model without EMA: eval top1 {metrics['eval_top1']:.2f} "
+                              f"loss {metrics['eval_loss']:.4f}")
+            metrics = evaluate(model_ema.module, data.eval, accelerator)
         run.end_epoch(epoch, monitor, metrics, lr=optimizer.param_groups[0]["lr"], train_time=train_time,
-                      optimizer=optimizer, scheduler=scheduler)
+                      optimizer=optimizer, scheduler=scheduler,
+                      model_ema=model_ema.module if model_ema is not None else None)
         scheduler.step(epoch + 1, metrics["eval_top1"])  # timm's convention (the plateau scheduler needs the metric)
 
     return run.finish()

@@ -9,6 +9,8 @@ import timm
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from timm.data import Mixup
+from timm.utils import ModelEmaV3
 
 from ..data import Loaders, build_loaders
 from ..data.bench_loader import benchmark_loader
@@ -95,14 +97,50 @@ def create_local_model(args: argparse.Namespace, accelerator: Accelerator) -> Lo
 
 
 def build_data(args: argparse.Namespace, accelerator: Accelerator) -> Loaders:
-    """This rank's train and eval loaders (they shard and place batches themselves; not ``prepare``d)."""
+    """This rank's train and eval loaders (they shard and place batches themselves; not ``prepare``d).
+
+    With mixup / cutmix the last partial training batch is dropped, as timm's loader does: timm's ``Mixup``
+    pairs each image with its mirror in the batch and needs an even batch size.
+    """
     spec = get_dataset_spec(args.dataset)
     return build_loaders(
         spec.name, args.data_dir, args.batch_size, args.validation_batch_size, accelerator.device,
         max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
         rank=accelerator.process_index, world_size=accelerator.num_processes, seed=args.seed,
-        channels_last=args.channels_last, workers=args.workers,
+        channels_last=args.channels_last, workers=args.workers, drop_last=mixup_enabled(args),
         image_size=None if spec.in_memory else args.model_kwargs.get("img_size"))
+
+
+def mixup_enabled(args: argparse.Namespace) -> bool:
+    return args.mixup > 0 or args.cutmix > 0
+
+
+def create_mixup(args: argparse.Namespace, model: LocalNet) -> Optional[Mixup]:
+    """timm's ``Mixup`` for ``--mixup`` / ``--cutmix`` (None when both are 0), returning soft targets.
+
+    Its own ``label_smoothing`` is 0: ``--smoothing`` is applied by every CE local loss to the soft targets
+    (:meth:`~timm_local.local.context.LocalContext.cross_entropy`), which gives timm's mixed, smoothed target.
+    The contrastive (SupCon) local loss needs class labels, so a model that has one is refused.
+    """
+    if not mixup_enabled(args):
+        return None
+    contrastive = [name for name, m in model.named_modules() if getattr(m, "loss_kind", None) == "contrast"]
+    if contrastive:
+        raise ValueError(f"--mixup/--cutmix give soft targets, which the contrastive (SupCon) local loss of "
+                         f"{model.method.name} cannot take ({contrastive[0]}"
+                         f"{f' and {len(contrastive) - 1} more' if len(contrastive) > 1 else ''}): add "
+                         f"--model-kwargs local_loss=ce, or drop --mixup/--cutmix")
+    if args.batch_size % 2:
+        raise ValueError(f"--mixup/--cutmix pair every image with another of its batch: give an even -b "
+                         f"(got {args.batch_size})")
+    return Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
+                 switch_prob=args.mixup_switch_prob, mode=args.mixup_mode, label_smoothing=0.0,
+                 num_classes=model.num_classes)
+
+
+def create_model_ema(args: argparse.Namespace, model: LocalNet) -> Optional[ModelEmaV3]:
+    """``ModelEmaV3`` of ``model.backbone`` (the aux nets are not evaluated, so not averaged) for ``--model-ema``."""
+    return ModelEmaV3(model.backbone, decay=args.model_ema_decay) if args.model_ema else None
 
 
 def measure_loader(loader: Iterable, num_batches: int, device: torch.device) -> Optional[float]:
