@@ -232,3 +232,45 @@ def test_model_ema_is_evaluated_and_checkpointed_as_timm_does(tmp_path, data_dir
     assert validated["loss"] == pytest.approx(results["eval_loss_final"], rel=1e-5)
     model = timm.create_model("resnet32_dgl", num_local_modules=2)
     timm.models.load_checkpoint(model, str(tmp_path / "run" / "last.pth.tar"), use_ema=True)  # timm reads it
+
+
+# ---------------------------------------------------------------- a timm args.yaml with -c, --log-wandb
+def timm_args_yaml(tmp_path, **changes):
+    """An args.yaml as timm's train.py writes it: every key, ours among them, at timm's values unless changed."""
+    import yaml
+
+    from timm_local.train.timm_keys import TIMM_TRAIN_DEFAULTS
+
+    config = {**TIMM_TRAIN_DEFAULTS, "amp": False, "amp_dtype": "float16", "smoothing": 0.1, "mixup": 0.0,
+              "cutmix": 0.0, "mixup_prob": 1.0, "mixup_switch_prob": 0.5, "mixup_mode": "batch", "model_ema": False,
+              "model_ema_decay": 0.9998, "clip_grad": None, "clip_mode": "norm", "grad_accum_steps": 1,
+              "num_classes": None, "img_size": None, "in_chans": None, "drop_path": None, "pretrained": False,
+              "initial_checkpoint": "", "log_wandb": False, "batch_size": 16, "epochs": 3, **changes}
+    path = tmp_path / "args.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_a_timm_args_yaml_at_timm_defaults_is_read_and_its_values_used(tmp_path):
+    args = parse_args(["-c", timm_args_yaml(tmp_path)])
+    assert (args.smoothing, args.batch_size, args.epochs, args.amp, args.amp_dtype) == (0.1, 16, 3, False, None)
+
+
+def test_a_timm_args_yaml_names_every_unsupported_key_in_one_line(tmp_path):
+    path = timm_args_yaml(tmp_path, hflip=0.0, aa="rand-m9-mstd0.5", sync_bn=True)
+    with pytest.raises(ValueError) as error:
+        parse_args(["-c", path])
+    message = str(error.value)
+    assert "\n" not in message
+    assert "3 timm train.py key(s) are not supported by timm_local's train.py: " in message
+    assert all(part in message for part in ("hflip=0.0", "aa='rand-m9-mstd0.5'", "sync_bn=True"))
+
+
+def test_a_null_value_for_a_flag_that_needs_one_is_named(tmp_path):
+    with pytest.raises(ValueError, match="config key 'lr' is null"):  # timm 1.0 writes lr: null (lr_base scaling)
+        parse_args(["-c", timm_args_yaml(tmp_path, lr=None)])
+
+
+def test_log_wandb_is_log_with_wandb():
+    assert parse_args(["--log-wandb"]).log_with == ["wandb"]
+    assert parse_args(["--log-wandb", "--log-with", "tensorboard"]).log_with == ["tensorboard", "wandb"]

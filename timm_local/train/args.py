@@ -4,7 +4,9 @@ Two stages, as timm's train.py: ``-c/--config file.yaml`` is parsed first and it
 argparse *dest* names, ``batch_size``; ``batch-size`` is accepted too) become the parser's
 defaults, so flags given on the command line still win. ``model_kwargs`` from the file and from
 ``--model-kwargs k=v ...`` are merged (the flags win key by key). A key the parser does not know is
-an error that names the key and the closest valid ones.
+an error that names the key and the closest valid ones, except the keys of a timm train.py
+``args.yaml`` (:mod:`.timm_keys`): those at timm's default value are ignored, the others are named
+together in one error line.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from .optim import WARMUP_START_LR
+from .timm_keys import TIMM_TRAIN_DEFAULTS
 
 TIMM_SCHEDULERS = ("cosine", "tanh", "step", "multistep", "plateau", "poly", "wsd")
 SCHEDULERS = ("infopro_cosine",) + TIMM_SCHEDULERS
@@ -153,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--log-interval", type=int, default=10,
                        help="steps between progress-bar updates and loss finiteness checks (one host sync each)")
     group.add_argument("--log-with", nargs="*", default=None, help="Accelerate trackers, e.g. tensorboard wandb")
+    group.add_argument("--log-wandb", action="store_true", help="timm's flag: the same as --log-with wandb")
     group.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     group.add_argument("--bench-loader-batches", type=int, default=20,
                        help="batches read by the loader-alone benchmark before training (0: skip)")
@@ -166,21 +170,36 @@ def _config_parser() -> argparse.ArgumentParser:
 
 
 def load_config(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
-    """Read a YAML config into parser defaults, rejecting keys that are not parser destinations."""
+    """Read a YAML config into parser defaults, rejecting keys that are not parser destinations.
+
+    A timm train.py key we have no flag for (:data:`~.timm_keys.TIMM_TRAIN_DEFAULTS`) is ignored when its
+    value is timm's default; all those with another value are named in one error line. timm writes
+    ``amp_dtype: float16`` also when ``amp`` is false; without ``amp`` that key is ignored.
+    """
     with open(path) as f:
         config = yaml.safe_load(f) or {}
     if not isinstance(config, dict):
         raise ValueError(f"{path}: expected a mapping of option names to values, got {type(config).__name__}")
     actions = {action.dest: action for action in parser._actions if action.dest not in ("help", "config")}
     valid = sorted(actions)
-    values = {}
+    values, unsupported = {}, []
+    if not config.get("amp") and config.get("amp_dtype") == "float16":
+        config = {k: v for k, v in config.items() if k != "amp_dtype"}
     for key, value in config.items():
         dest = str(key).replace("-", "_")
+        if dest in TIMM_TRAIN_DEFAULTS and dest not in valid:
+            if value != TIMM_TRAIN_DEFAULTS[dest]:
+                unsupported.append(f"{key}={value!r}")
+            continue
         if dest not in valid:
             close = difflib.get_close_matches(dest, valid, n=3, cutoff=0.5)
             hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
             raise ValueError(f"{path}: unknown config key {key!r}{hint} (valid keys: {', '.join(valid)})")
         values[dest] = _config_value(path, key, value, actions[dest])
+    if unsupported:
+        raise ValueError(f"{path}: {len(unsupported)} timm train.py key(s) are not supported by timm_local's train.py: "
+                         f"{', '.join(unsupported)}; remove them or set them to timm's default (keys at timm's "
+                         f"default are ignored)")
     return values
 
 
@@ -194,6 +213,9 @@ def _config_value(path: str, key: str, value: Any, action: argparse.Action) -> A
         if not isinstance(value, bool):
             raise ValueError(f"{path}: config key {key!r} must be true or false, got {value!r}")
         return value
+    if value is None and action.default is not None and not action.required:
+        raise ValueError(f"{path}: config key {key!r} is null, which timm_local's train.py cannot use: give a value "
+                         f"or remove the key (default {action.default!r})")
     if value is None or action.type is None or isinstance(value, (list, dict)):
         converted = value
     elif isinstance(value, bool) or (action.type is int and isinstance(value, float)):
@@ -228,6 +250,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args.config = config_args.config
     args.model_kwargs = dict(args.model_kwargs or {})
     _merge_model_flags(args, parser)
+    if args.log_wandb and "wandb" not in (args.log_with or []):
+        args.log_with = list(args.log_with or []) + ["wandb"]
     if not 0.0 <= args.smoothing < 1.0:
         parser.error(f"--smoothing must be in [0, 1), got {args.smoothing}")
     if args.clip_grad is not None and args.clip_grad <= 0:
