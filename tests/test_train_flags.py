@@ -274,3 +274,24 @@ def test_a_null_value_for_a_flag_that_needs_one_is_named(tmp_path):
 def test_log_wandb_is_log_with_wandb():
     assert parse_args(["--log-wandb"]).log_with == ["wandb"]
     assert parse_args(["--log-wandb", "--log-with", "tensorboard"]).log_with == ["tensorboard", "wandb"]
+
+
+# ---------------------------------------------------------------- accelerate launch --cpu --num_processes N
+@pytest.mark.parametrize("cmdline,expected", [
+    (["accelerate", "launch", "--cpu", "--num_processes", "4", "train.py"], 4),
+    (["accelerate", "launch", "--num-processes=2", "--cpu", "train.py"], 2),
+    (["accelerate", "launch", "--multi_gpu", "--cpu", "--num_processes", "4", "train.py"], None),
+    (["accelerate", "launch", "--cpu", "train.py"], None),
+])
+def test_a_cpu_launch_that_left_one_process_says_how_to_get_n(monkeypatch, cmdline, expected):
+    from timm_local.train.distributed import single_cpu_process_warning
+
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")
+    warning = single_cpu_process_warning(1, cmdline)
+    if expected is None:
+        assert warning is None
+    else:
+        assert f"started 1 process, not {expected}" in warning
+        assert f"accelerate launch --multi_gpu --num_processes {expected} train.py --cpu" in warning
+    monkeypatch.delenv("ACCELERATE_USE_CPU")
+    assert single_cpu_process_warning(1, cmdline) is None  # not started by accelerate launch --cpu

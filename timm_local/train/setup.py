@@ -17,7 +17,7 @@ from ..data.bench_loader import benchmark_loader
 from ..data.specs import get_dataset_spec
 from ..local import LocalNet
 from ..precision import emulated_bf16_warning, resolve_amp, resolve_mixed_precision
-from .distributed import check_distributed_type
+from .distributed import check_distributed_type, single_cpu_process_warning
 
 
 def expected_device_type(cpu: bool) -> str:
@@ -47,6 +47,9 @@ def create_accelerator(args: argparse.Namespace, project_dir: Optional[str] = No
     if warning:
         accelerator.print(warning)
     check_distributed_type(accelerator)
+    launch_warning = single_cpu_process_warning(accelerator.num_processes)
+    if launch_warning:
+        accelerator.print(launch_warning)
     set_seed(args.seed, deterministic=args.deterministic)
     return accelerator
 
