@@ -124,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "SupCon or reconstruction losses); timm's default is 0.1, the papers' recipe 0")
 
     group = parser.add_argument_group("Augmentation and EMA (timm's)")
-    group.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (timm.data.Mixup); > 0 enables it")
+    group.add_argument("--mixup", type=float, default=0.0,
+                       help="mixup alpha (timm.data.Mixup); > 0 enables it: every CE local loss trains on the soft "
+                            "targets; refused for a model with a SupCon local loss")
     group.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (timm.data.Mixup); > 0 enables it")
     group.add_argument("--mixup-prob", type=float, default=1.0,
                        help="probability of applying mixup or cutmix to a batch")
