@@ -295,3 +295,21 @@ def test_a_cpu_launch_that_left_one_process_says_how_to_get_n(monkeypatch, cmdli
         assert f"accelerate launch --multi_gpu --num_processes {expected} train.py --cpu" in warning
     monkeypatch.delenv("ACCELERATE_USE_CPU")
     assert single_cpu_process_warning(1, cmdline) is None  # not started by accelerate launch --cpu
+
+
+def test_resume_restores_the_ema(tmp_path, data_dir):
+    """2 epochs straight vs 1 epoch + ``--resume`` to 2: the same EMA (a fresh EMA of the resumed weights differs)."""
+    from accelerate.state import AcceleratorState
+
+    common = ["--model-ema", "--model-ema-decay", "0.5", "--sched", "step", "--warmup-epochs", "0"]
+    straight = train(parse_args(flags(tmp_path, data_dir, *common, "--epochs", "2", experiment="straight")))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    train(parse_args(flags(tmp_path, data_dir, *common, experiment="split")))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    last = tmp_path / "split" / "last.pth.tar"
+    resumed = train(parse_args(["--resume", str(last), "--data-dir", data_dir, "--epochs", "2", "-b", "16",
+                                "--bench-loader-batches", "0", "--log-interval", "1", *common]))
+    a = torch.load(tmp_path / "straight" / "last.pth.tar", weights_only=True)["state_dict_ema"]
+    b = torch.load(last, weights_only=True)["state_dict_ema"]
+    assert all(torch.equal(v, b[k]) for k, v in a.items())
+    assert resumed["top1_final"] == straight["top1_final"]
