@@ -313,3 +313,14 @@ def test_resume_restores_the_ema(tmp_path, data_dir):
     b = torch.load(last, weights_only=True)["state_dict_ema"]
     assert all(torch.equal(v, b[k]) for k, v in a.items())
     assert resumed["top1_final"] == straight["top1_final"]
+
+
+def test_weights_that_do_not_exist_or_fit_are_one_line_errors(tmp_path, data_dir):
+    with pytest.raises(ValueError, match=r"--pretrained: resnet32_dgl.cifar10 has no published weights; .*"
+                                         r"resnet32_dgl.k8_cpu10e_cifar10"):
+        run(tmp_path, data_dir, "--pretrained")
+    path = tmp_path / "resnet110.pth"
+    torch.save({"state_dict": timm.create_model("resnet110_dgl", num_local_modules=2).backbone.state_dict()}, path)
+    with pytest.raises(ValueError, match=r"--initial-checkpoint .*resnet110.pth does not fit --model resnet32_dgl .*"
+                                         r"unexpected keys \['layer1.5"):
+        run(tmp_path, data_dir, "--initial-checkpoint", str(path))

@@ -85,12 +85,24 @@ def create_local_model(args: argparse.Namespace, accelerator: Accelerator) -> Lo
     if kwargs.get("in_chans", IMAGE_CHANNELS) != IMAGE_CHANNELS:
         raise ValueError(f"--in-chans {kwargs['in_chans']}: the {spec.name} images are RGB ({IMAGE_CHANNELS} "
                          f"channels), so the model must take {IMAGE_CHANNELS}: drop --in-chans")
-    model = timm.create_model(model_name_for_dataset(args.model, spec.name), pretrained=args.pretrained, **kwargs)
+    name = model_name_for_dataset(args.model, spec.name)
+    try:
+        model = timm.create_model(name, pretrained=args.pretrained, **kwargs)
+    except RuntimeError as error:
+        if not (args.pretrained and str(error).startswith("No pretrained weights exist")):
+            raise
+        tagged = timm.list_pretrained(f"{name.split('.')[0]}.*")
+        raise ValueError(f"--pretrained: {name} has no published weights; give --model one of its tags that has "
+                         f"them ({', '.join(tagged) or 'none: train it first'}), or drop --pretrained") from None
     if not isinstance(model, LocalNet):
         raise ValueError(f"--model {args.model} is not a timm_local model (got {type(model).__name__}); choose one of "
                          f"timm_local.list_models(), e.g. resnet32_infopro, or localize it with timm_local.localize()")
     if args.initial_checkpoint:
-        timm.models.load_checkpoint(model, args.initial_checkpoint)
+        try:
+            timm.models.load_checkpoint(model, args.initial_checkpoint)
+        except RuntimeError as error:  # strict loading: names the missing / unexpected keys
+            raise ValueError(f"--initial-checkpoint {args.initial_checkpoint} does not fit --model {args.model} "
+                             f"{args.model_kwargs}: {str(error).splitlines()[0][:300]}") from None
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
     model.to(accelerator.device)
