@@ -30,6 +30,26 @@ def resolve_mixed_precision(requested: Optional[str], device_type: str) -> Optio
     return "bf16" if native_bf16(device_type) else "no"
 
 
+AMP_DTYPES = {"float16": "fp16", "bfloat16": "bf16"}
+
+
+def resolve_amp(amp_dtype: Optional[str], device_type: str) -> str:
+    """timm's ``--amp [--amp-dtype]`` as an Accelerate mixed-precision mode.
+
+    An explicit ``amp_dtype`` ('float16' / 'bfloat16') is taken as given. Without one: 'bf16' where bf16 is
+    native on ``device_type``, else 'fp16' on a GPU; on a CPU without native bf16 a ValueError, since fp16
+    autocast needs a GPU and emulated bf16 is about 10x slower than fp32.
+    """
+    if amp_dtype is not None:
+        return AMP_DTYPES[amp_dtype]
+    if native_bf16(device_type):
+        return "bf16"
+    if device_type == "cuda":
+        return "fp16"
+    raise ValueError("--amp on this CPU: it has no native bf16 (AVX512-BF16 or AMX) and fp16 autocast needs a GPU; "
+                     "drop --amp to train in fp32, or force emulated bf16 (slow) with --amp --amp-dtype bfloat16")
+
+
 def emulated_bf16_warning(mixed_precision: str, device_type: str) -> Optional[str]:
     """A warning when bf16 autocast is asked for on a CPU known to emulate it, else None."""
     if mixed_precision != "bf16" or device_type != "cpu" or native_bf16("cpu") is not False:

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 
 
 def _shared_output(k: int, h: torch.Tensor) -> torch.Tensor:
@@ -17,7 +18,8 @@ class LocalContext:
 
     Attributes:
         image: the normalised input batch (B, C, H, W).
-        target: class indices (B,).
+        target: class indices (B,), or class probabilities (B, num_classes) (mixup / cutmix soft targets),
+            which every cross-entropy loss takes as they are and the contrastive loss refuses.
         mean, std: the normalisation ``image`` went through, so that the [0, 1] image that InfoPro
             reconstructs is ``image * std + mean`` (METHODS.md §3.2, §9 B21).
         cascade: ``cascade(k, h_k)`` is module k's output carrying the graph of the modules a
@@ -31,6 +33,12 @@ class LocalContext:
     mean: Sequence[float]
     std: Sequence[float]
     cascade: Callable[[int, torch.Tensor], torch.Tensor] = _shared_output
+    label_smoothing: float = 0.0
+
+    def cross_entropy(self, logits: torch.Tensor) -> torch.Tensor:
+        """CE of ``logits`` (in fp32) against ``target`` with ``label_smoothing``: what every CE local loss and the
+        final classifier use. Smoothing soft targets t gives (1 − ε)·t + ε/C, as timm's ``Mixup(label_smoothing=ε)``."""
+        return F.cross_entropy(logits.float(), self.target, label_smoothing=self.label_smoothing)
 
     def image01(self) -> torch.Tensor:
         """The un-normalised input in [0, 1]: ``clamp(image * std + mean, 0, 1)`` in fp32."""

@@ -270,18 +270,19 @@ class LocalNet(nn.Module):
         return [{"params": [p for p in m.parameters() if p.requires_grad], "local_module": k, **group_options}
                 for k, m in enumerate(self.local_modules)]
 
-    def forward_local(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward_local(self, x: torch.Tensor, target: torch.Tensor,
+                      label_smoothing: float = 0.0) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Joint mode: one differentiable pass with the gradient barriers in place.
 
         Returns ``(logits, losses)`` with one loss per local module (a constant zero where the
         method gives a module no objective). ``sum(losses).backward()`` gives exactly the gradients
         of :meth:`local_step` but keeps every module's graph alive (no memory saving).
         """
-        return self._run(x, target, self.local_modules, backward=None)
+        return self._run(x, target, self.local_modules, backward=None, label_smoothing=label_smoothing)
 
     def local_step(self, x: torch.Tensor, target: torch.Tensor,
                    backward: Optional[Callable[[torch.Tensor], None]] = None,
-                   modules: Optional[Sequence[nn.Module]] = None) -> LocalStepOutput:
+                   modules: Optional[Sequence[nn.Module]] = None, label_smoothing: float = 0.0) -> LocalStepOutput:
         """Interleaved mode: forward module k, its local loss, its backward, free its graph, then k + 1.
 
         Args:
@@ -290,12 +291,15 @@ class LocalNet(nn.Module):
                 nets and the module's output), and the engine routes the rest (``local/cascade.py``).
             modules: the local modules to call, in order; pass the DDP/Accelerate-prepared wrappers of
                 ``self.local_modules`` here. Default: ``self.local_modules``.
+            label_smoothing: ε of every cross-entropy local loss and of the final classifier's CE (timm's
+                ``--smoothing``); the contrastive and reconstruction losses take none. ``target`` may be
+                class indices (B,) or class probabilities (B, num_classes) (mixup / cutmix).
         Returns:
             :class:`LocalStepOutput` ``(logits, losses)``, both detached. Gradients are accumulated in
             ``.grad``; call :meth:`momentum_update` and then the optimizer step.
         """
         return self._run(x, target, self.local_modules if modules is None else modules,
-                         backward=backward or torch.Tensor.backward)
+                         backward=backward or torch.Tensor.backward, label_smoothing=label_smoothing)
 
     def _check_input(self, x: torch.Tensor, target: torch.Tensor) -> None:
         if not self._trainable:
@@ -318,12 +322,12 @@ class LocalNet(nn.Module):
         if target.shape[0] != x.shape[0]:
             raise ValueError(f"target has {target.shape[0]} labels for a batch of {x.shape[0]} images")
 
-    def _run(self, x, target, modules, backward):
+    def _run(self, x, target, modules, backward, label_smoothing=0.0):
         self._check_input(x, target)
         if len(modules) != len(self.local_modules):
             raise ValueError(f"got {len(modules)} modules for {len(self.local_modules)} local modules")
         mean, std = self._normalisation(x.device)
-        ctx = LocalContext(image=x, target=target, mean=mean, std=std)
+        ctx = LocalContext(image=x, target=target, mean=mean, std=std, label_smoothing=label_smoothing)
         depth = self.method.cascade_depth
         if depth > 1:  # losses that span modules (MLAAN): local/cascade.py
             if backward is None:

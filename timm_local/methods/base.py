@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import ClassVar, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..local.context import LocalContext
@@ -81,10 +80,11 @@ class BlockCopies(nn.Module):
 
 
 class ClassifierObjective(LocalObjective):
-    """The last module's end-to-end objective: CE(logits, y) with weight 1 (METHODS.md §2.1)."""
+    """The last module's end-to-end objective: CE(logits, y) with weight 1 (METHODS.md §2.1), label smoothing
+    and soft targets as ``ctx`` holds them (:meth:`LocalContext.cross_entropy`)."""
 
     def forward(self, logits: torch.Tensor, ctx: LocalContext) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), ctx.target)
+        return ctx.cross_entropy(logits)
 
 
 @dataclass

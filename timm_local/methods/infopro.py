@@ -72,7 +72,7 @@ class InfoProObjective(LocalObjective):
 
     def forward(self, h: torch.Tensor, ctx: LocalContext) -> torch.Tensor:
         u = self.transform(h) if self.transform is not None else h
-        loss = self.task_weight * task_loss(self.head(u), ctx.target, self.loss_kind)
+        loss = self.task_weight * task_loss(self.head(u), ctx, self.loss_kind)
         if self.decoder is not None:
             loss = loss + self.recon_weight * reconstruction_loss(self.decoder(u), ctx.image01())
         return loss

@@ -1,8 +1,15 @@
 """Local losses, computed in fp32 whatever the autocast state (METHODS.md §4)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from ..local.context import LocalContext
+
+CONTRAST_NEEDS_LABELS = "the contrastive (SupCon) local loss needs one class label per image, not soft targets"
 
 
 def supervised_contrastive_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07,
@@ -36,8 +43,11 @@ def reconstruction_loss(decoded_logits: torch.Tensor, image01: torch.Tensor) -> 
     return F.binary_cross_entropy_with_logits(decoded_logits.float(), image01.float())
 
 
-def task_loss(output: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    """L_xy of InfoPro: 'ce' = cross-entropy on logits; 'contrast' = SupCon on L2-normalised features."""
+def task_loss(output: torch.Tensor, ctx: "LocalContext", kind: str) -> torch.Tensor:
+    """L_xy of InfoPro: 'ce' = ``ctx.cross_entropy`` on logits (label smoothing, soft targets); 'contrast' = SupCon on
+    L2-normalised features, which needs class indices (no smoothing applies to it)."""
     if kind == "ce":
-        return F.cross_entropy(output.float(), target)
-    return supervised_contrastive_loss(F.normalize(output.float(), dim=1), target)
+        return ctx.cross_entropy(output)
+    if ctx.target.dim() != 1:
+        raise ValueError(f"{CONTRAST_NEEDS_LABELS}: turn off mixup / cutmix, or use local_loss='ce'")
+    return supervised_contrastive_loss(F.normalize(output.float(), dim=1), ctx.target)

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import ClassVar, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..local.context import CascadeLoss, LocalContext
@@ -162,12 +161,12 @@ class MLAANFinalObjective(LocalObjective):
     def forward(self, logits: torch.Tensor, ctx: LocalContext) -> CascadeLoss:
         if self.first == self.index:  # a cascade of one module is the module itself: one CE (K = 1 is E2E)
             weight = self.cascade_weight + (self.independent_weight or 0.0)
-            return CascadeLoss(None, weight * F.cross_entropy(logits.float(), ctx.target))
+            return CascadeLoss(None, weight * ctx.cross_entropy(logits))
         cascaded = ctx.cascade(self.index, logits)
-        cascade = self.cascade_weight * F.cross_entropy(cascaded.float(), ctx.target)
+        cascade = self.cascade_weight * ctx.cross_entropy(cascaded)
         own = None
         if self.independent_weight is not None:
-            own = self.independent_weight * F.cross_entropy(logits.float(), ctx.target)
+            own = self.independent_weight * ctx.cross_entropy(logits)
         return CascadeLoss(own, cascade)
 
 

@@ -4,7 +4,9 @@ Two stages, as timm's train.py: ``-c/--config file.yaml`` is parsed first and it
 argparse *dest* names, ``batch_size``; ``batch-size`` is accepted too) become the parser's
 defaults, so flags given on the command line still win. ``model_kwargs`` from the file and from
 ``--model-kwargs k=v ...`` are merged (the flags win key by key). A key the parser does not know is
-an error that names the key and the closest valid ones.
+an error that names the key and the closest valid ones, except the keys of a timm train.py
+``args.yaml`` (:mod:`.timm_keys`): those at timm's default value are ignored, the others are named
+together in one error line.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from .optim import WARMUP_START_LR
+from .timm_keys import TIMM_TRAIN_DEFAULTS
 
 TIMM_SCHEDULERS = ("cosine", "tanh", "step", "multistep", "plateau", "poly", "wsd")
 SCHEDULERS = ("infopro_cosine",) + TIMM_SCHEDULERS
@@ -76,6 +79,22 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--grad-checkpointing", action="store_true", help="gradient checkpointing inside each module")
     group.add_argument("--torchcompile", nargs="?", const="inductor", default=None,
                        help="torch.compile every local module with this backend")
+    # timm train.py's model flags: each one is a timm.create_model kwarg, merged into --model-kwargs (so the
+    # checkpoint's model_kwargs rebuild the same model); the same key given both ways must agree
+    group.add_argument("--num-classes", type=int, default=None,
+                       help="classifier width, as timm (default: the dataset's class count); at least that count")
+    group.add_argument("--img-size", type=int, default=None,
+                       help="input size the model and its aux nets are built for (create_model img_size; the "
+                            "streamed datasets also resize to it); default: the model's")
+    group.add_argument("--in-chans", type=int, default=None,
+                       help="input channels (create_model in_chans); the datasets are RGB, so only 3 trains")
+    group.add_argument("--drop-path", type=float, default=None,
+                       help="stochastic depth rate (create_model drop_path_rate); default: the model's")
+    group.add_argument("--pretrained", action="store_true",
+                       help="start from the model's pretrained weights (timm.create_model pretrained=True)")
+    group.add_argument("--initial-checkpoint", default="",
+                       help="start from this checkpoint's weights only, as timm (timm.models.load_checkpoint: "
+                            "backbone-only files keep the fresh aux nets); not a resume")
 
     group = parser.add_argument_group("Optimizer and schedule (defaults: the papers' CIFAR recipe, METHODS.md §7.1)")
     group.add_argument("--opt", default="sgd", help="timm optimizer name ('sgd' = SGD with Nesterov momentum)")
@@ -91,6 +110,35 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"the lr the warm-up starts from, never above --lr (default: the papers' "
                             f"{DEFAULT_WARMUP_LR['infopro_cosine']} for infopro_cosine, timm's {TIMM_WARMUP_LR} otherwise)")
     group.add_argument("--min-lr", type=float, default=0.0, help="timm schedulers only")
+    group.add_argument("--clip-grad", type=float, default=None,
+                       help="clip each local module's gradients (its own param group, its own norm) to this, after "
+                            "every module's backward and before the optimizer step (fp16: after unscaling)")
+    group.add_argument("--clip-mode", default="norm", choices=("norm", "value", "agc"),
+                       help="timm's dispatch_clip_grad mode of --clip-grad")
+    group.add_argument("--grad-accum-steps", type=int, default=1,
+                       help="micro-batches whose gradients every local module accumulates (each loss divided by "
+                            "their count, DDP all-reduce on the last only) before one optimizer step; the lr "
+                            "schedule is per epoch")
+    group.add_argument("--smoothing", type=float, default=0.0,
+                       help="label smoothing of every cross-entropy local loss and of the final classifier (not of "
+                            "SupCon or reconstruction losses); timm's default is 0.1, the papers' recipe 0")
+
+    group = parser.add_argument_group("Augmentation and EMA (timm's)")
+    group.add_argument("--mixup", type=float, default=0.0,
+                       help="mixup alpha (timm.data.Mixup); > 0 enables it: every CE local loss trains on the soft "
+                            "targets; refused for a model with a SupCon local loss")
+    group.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (timm.data.Mixup); > 0 enables it")
+    group.add_argument("--mixup-prob", type=float, default=1.0,
+                       help="probability of applying mixup or cutmix to a batch")
+    group.add_argument("--mixup-switch-prob", type=float, default=0.5,
+                       help="probability of cutmix instead of mixup when both are enabled")
+    group.add_argument("--mixup-mode", default="batch", choices=("batch", "pair", "elem"),
+                       help="how mixup/cutmix parameters are drawn: per batch, pair or element")
+    group.add_argument("--model-ema", action="store_true",
+                       help="keep an EMA of the backbone (timm.utils.ModelEmaV3), updated after every optimizer "
+                            "step; as timm, its eval metrics are the run's (summary.csv, model_best, plateau "
+                            "schedule) and checkpoints hold it as state_dict_ema")
+    group.add_argument("--model-ema-decay", type=float, default=0.9998, help="decay of --model-ema")
 
     group = parser.add_argument_group("Run")
     group.add_argument("--seed", type=int, default=42)
@@ -99,12 +147,18 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--mixed-precision", default=None, choices=("no", "bf16", "fp16", "auto"),
                        help="default: whatever `accelerate launch` / the Accelerate config says; 'auto': bf16 where it "
                             "is native (a bf16 GPU, a CPU with AVX512-BF16/AMX), else no")
+    group.add_argument("--amp", action="store_true",
+                       help="mixed precision, as timm's --amp: --amp-dtype, or by default bf16 where it is native "
+                            "(bf16 GPU, AVX512-BF16/AMX CPU), else fp16 on a GPU; refused on a CPU without bf16")
+    group.add_argument("--amp-dtype", default=None, choices=("float16", "bfloat16"),
+                       help="the --amp dtype (timm's default is float16; ours picks as --amp says); needs --amp")
     group.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
     group.add_argument("--output", default="./output/train", help="parent folder of the run folders")
     group.add_argument("--experiment", default="", help="run folder name (default: <date>-<model>-k<K>-<dataset>)")
     group.add_argument("--log-interval", type=int, default=10,
                        help="steps between progress-bar updates and loss finiteness checks (one host sync each)")
     group.add_argument("--log-with", nargs="*", default=None, help="Accelerate trackers, e.g. tensorboard wandb")
+    group.add_argument("--log-wandb", action="store_true", help="timm's flag: the same as --log-with wandb")
     group.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     group.add_argument("--bench-loader-batches", type=int, default=20,
                        help="batches read by the loader-alone benchmark before training (0: skip)")
@@ -118,21 +172,36 @@ def _config_parser() -> argparse.ArgumentParser:
 
 
 def load_config(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
-    """Read a YAML config into parser defaults, rejecting keys that are not parser destinations."""
+    """Read a YAML config into parser defaults, rejecting keys that are not parser destinations.
+
+    A timm train.py key we have no flag for (:data:`~.timm_keys.TIMM_TRAIN_DEFAULTS`) is ignored when its
+    value is timm's default; all those with another value are named in one error line. timm writes
+    ``amp_dtype: float16`` also when ``amp`` is false; without ``amp`` that key is ignored.
+    """
     with open(path) as f:
         config = yaml.safe_load(f) or {}
     if not isinstance(config, dict):
         raise ValueError(f"{path}: expected a mapping of option names to values, got {type(config).__name__}")
     actions = {action.dest: action for action in parser._actions if action.dest not in ("help", "config")}
     valid = sorted(actions)
-    values = {}
+    values, unsupported = {}, []
+    if not config.get("amp") and config.get("amp_dtype") == "float16":
+        config = {k: v for k, v in config.items() if k != "amp_dtype"}
     for key, value in config.items():
         dest = str(key).replace("-", "_")
+        if dest in TIMM_TRAIN_DEFAULTS and dest not in valid:
+            if value != TIMM_TRAIN_DEFAULTS[dest]:
+                unsupported.append(f"{key}={value!r}")
+            continue
         if dest not in valid:
             close = difflib.get_close_matches(dest, valid, n=3, cutoff=0.5)
             hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
             raise ValueError(f"{path}: unknown config key {key!r}{hint} (valid keys: {', '.join(valid)})")
         values[dest] = _config_value(path, key, value, actions[dest])
+    if unsupported:
+        raise ValueError(f"{path}: {len(unsupported)} timm train.py key(s) are not supported by timm_local's train.py: "
+                         f"{', '.join(unsupported)}; remove them or set them to timm's default (keys at timm's "
+                         f"default are ignored)")
     return values
 
 
@@ -146,6 +215,9 @@ def _config_value(path: str, key: str, value: Any, action: argparse.Action) -> A
         if not isinstance(value, bool):
             raise ValueError(f"{path}: config key {key!r} must be true or false, got {value!r}")
         return value
+    if value is None and action.default is not None and not action.required:
+        raise ValueError(f"{path}: config key {key!r} is null, which timm_local's train.py cannot use: give a value "
+                         f"or remove the key (default {action.default!r})")
     if value is None or action.type is None or isinstance(value, (list, dict)):
         converted = value
     elif isinstance(value, bool) or (action.type is int and isinstance(value, float)):
@@ -174,11 +246,25 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if config_args.config:
         parser.set_defaults(**load_config(config_args.config, parser))
     args = parser.parse_args(remaining)
-    for name in ("epochs", "batch_size", "log_interval"):
+    for name in ("epochs", "batch_size", "log_interval", "grad_accum_steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     args.config = config_args.config
     args.model_kwargs = dict(args.model_kwargs or {})
+    _merge_model_flags(args, parser)
+    if args.log_wandb and "wandb" not in (args.log_with or []):
+        args.log_with = list(args.log_with or []) + ["wandb"]
+    if not 0.0 <= args.smoothing < 1.0:
+        parser.error(f"--smoothing must be in [0, 1), got {args.smoothing}")
+    if args.clip_grad is not None and args.clip_grad <= 0:
+        parser.error(f"--clip-grad must be > 0, got {args.clip_grad} (leave it out to not clip)")
+    if args.amp_dtype and not args.amp:
+        parser.error(f"--amp-dtype {args.amp_dtype} needs --amp (or use --mixed-precision)")
+    if args.amp and args.mixed_precision is not None:
+        parser.error(f"--amp and --mixed-precision {args.mixed_precision} both choose the mixed precision: give one")
+    if args.resume and (args.pretrained or args.initial_checkpoint):
+        parser.error("--resume loads all weights from its checkpoint, so --pretrained / --initial-checkpoint would "
+                     "have no effect: drop them (or drop --resume to start a new run from those weights)")
     if args.model is None and not args.resume:
         args.model = DEFAULT_MODEL  # when resuming, train() takes the checkpoint's
     if args.warmup_lr is None:
@@ -186,6 +272,26 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.lr < 0 or args.warmup_lr < 0:
         parser.error(f"--lr and --warmup-lr must be >= 0, got {args.lr} and {args.warmup_lr}")
     return args
+
+
+# timm train.py flag -> the timm.create_model kwarg it sets
+MODEL_FLAGS = {"num_classes": "num_classes", "img_size": "img_size", "in_chans": "in_chans",
+               "drop_path": "drop_path_rate"}
+
+
+def _merge_model_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Put ``--num-classes`` / ``--img-size`` / ``--in-chans`` / ``--drop-path`` into ``args.model_kwargs``.
+
+    A kwarg set both by its flag and by ``--model-kwargs`` (or the config's ``model_kwargs``) must have one value.
+    """
+    for flag, key in MODEL_FLAGS.items():
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        if key in args.model_kwargs and args.model_kwargs[key] != value:
+            parser.error(f"--{flag.replace('_', '-')} {value} and --model-kwargs {key}={args.model_kwargs[key]} "
+                         f"disagree: give one of them")
+        args.model_kwargs[key] = value
 
 
 def args_to_dict(args: argparse.Namespace) -> dict[str, Any]:

@@ -4,7 +4,8 @@ A checkpoint is ``torch.save`` of a dict (the run-directory contract)::
 
     epoch, arch, state_dict (full LocalNet: backbone + aux nets + momentum copies), optimizer,
     scheduler, args (plain dict), model_kwargs, metric (eval top-1), version=2,
-    rng_states (one dict per rank), run_state (best epoch, timings), amp_scaler (fp16 only)
+    rng_states (one dict per rank), run_state (best epoch, timings), amp_scaler (fp16 only),
+    state_dict_ema (--model-ema: the backbone's EMA, timm's key, read by load_checkpoint(use_ema=True))
 
 Every value is a tensor or a plain Python container, so ``torch.load(weights_only=True)`` and
 ``timm.models.load_checkpoint`` read it.
@@ -57,7 +58,8 @@ def _as_tuple(value: Any) -> Any:
 
 def build_checkpoint(*, epoch: int, arch: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                      scheduler: Any, args: dict, model_kwargs: dict, metric: Optional[float],
-                     rng_states: list, amp_scaler: Optional[Any] = None) -> dict[str, Any]:
+                     rng_states: list, amp_scaler: Optional[Any] = None,
+                     model_ema: Optional[torch.nn.Module] = None) -> dict[str, Any]:
     """The checkpoint dict of the run-directory contract. ``epoch`` is the last *completed* epoch (0-based)."""
     checkpoint = {
         "epoch": epoch,
@@ -73,6 +75,8 @@ def build_checkpoint(*, epoch: int, arch: str, model: torch.nn.Module, optimizer
     }
     if amp_scaler is not None:
         checkpoint["amp_scaler"] = amp_scaler.state_dict()
+    if model_ema is not None:
+        checkpoint["state_dict_ema"] = model_ema.state_dict()
     return checkpoint
 
 

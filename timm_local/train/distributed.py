@@ -15,7 +15,8 @@ contract for a loss that crosses modules.)
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+import os
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -37,6 +38,47 @@ def check_distributed_type(accelerator: Accelerator) -> None:
             f"(FSDP and DeepSpeed handle several backward passes per forward badly: pytorch#106637, #136861). "
             f"Launch with plain DDP instead: `accelerate launch --multi_gpu --num_processes N train.py ...` "
             f"(or `accelerate config` without FSDP/DeepSpeed). The models are small enough for DDP.")
+
+
+def launched_processes(cmdline: Sequence[str]) -> Optional[int]:
+    """The ``--num_processes`` / ``--num-processes`` of an ``accelerate launch`` command line, or None."""
+    for i, arg in enumerate(cmdline):
+        for flag in ("--num_processes", "--num-processes"):
+            value = arg[len(flag) + 1:] if arg.startswith(flag + "=") else (
+                cmdline[i + 1] if arg == flag and i + 1 < len(cmdline) else None)
+            if value is not None and value.isdigit():
+                return int(value)
+    return None
+
+
+def _parent_cmdline() -> list[str]:
+    """The parent process's arguments (Linux ``/proc``; empty elsewhere)."""
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+            return [part.decode(errors="replace") for part in f.read().split(b"\0") if part]
+    except OSError:
+        return []
+
+
+def single_cpu_process_warning(num_processes: int, parent_cmdline: Optional[Sequence[str]] = None) -> Optional[str]:
+    """A warning when ``accelerate launch --cpu --num_processes N`` (N > 1) started only this one process.
+
+    Accelerate's simple launcher, which ``--cpu`` without ``--multi_gpu`` selects, drops ``--num_processes``
+    and sets ``ACCELERATE_USE_CPU`` in the environment; the requested N is read from the parent
+    ``accelerate launch`` command line (the only place it is left). Accelerate 1.x refuses ``--multi_gpu``
+    together with its ``--cpu``; ``accelerate launch --multi_gpu --num_processes N train.py --cpu`` starts N
+    CPU processes (gloo), checked by hand with N = 2.
+    """
+    if num_processes > 1 or os.environ.get("ACCELERATE_USE_CPU", "").lower() != "true":
+        return None
+    cmdline = list(_parent_cmdline() if parent_cmdline is None else parent_cmdline)
+    asked = launched_processes(cmdline)
+    if not asked or asked < 2 or "--multi_gpu" in cmdline or "--multi-gpu" in cmdline:
+        return None
+    return (f"warning: `accelerate launch --cpu --num_processes {asked}` started 1 process, not {asked}: without "
+            f"--multi_gpu Accelerate uses its single-process launcher (and refuses --multi_gpu with its own --cpu). "
+            f"For {asked} CPU processes give train.py the --cpu instead: `accelerate launch --multi_gpu "
+            f"--num_processes {asked} train.py --cpu ...` (or `torchrun --nproc_per_node {asked} train.py --cpu ...`)")
 
 
 def needs_manual_sync(accelerator: Accelerator, model: LocalNet) -> bool:

@@ -6,11 +6,14 @@ named helpers (:mod:`.setup`, :mod:`.run_folder`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
 
 import torch
 from accelerate import Accelerator
+from timm.utils import dispatch_clip_grad
 from tqdm.auto import tqdm
 
 from ..errors import run_command
@@ -21,14 +24,60 @@ from .metrics import LossMonitor, NonFiniteLossError, evaluate
 from .optim import create_optimizer, create_scheduler
 from .resume import ResumeState, finished_results, load_resume_state, restore_rng, resume_training
 from .run_folder import LAST, RunFolder, count_summary_rows
-from .setup import build_data, create_accelerator, create_local_model, measure_loader
+from .setup import build_data, create_accelerator, create_local_model, create_mixup, create_model_ema, measure_loader
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """How :func:`train_step` treats gradients: timm's ``--clip-grad``/``--clip-mode`` and ``--smoothing``."""
+
+    clip_grad: Optional[float] = None
+    clip_mode: str = "norm"
+    label_smoothing: float = 0.0
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "StepOptions":
+        return cls(clip_grad=args.clip_grad, clip_mode=args.clip_mode, label_smoothing=args.smoothing)
+
+
+def accumulation_plan(num_batches: int, accum_steps: int) -> Iterator[tuple[int, bool]]:
+    """``(divisor, step_now)`` for each batch of an epoch, as timm's train.py accumulates.
+
+    Batches are taken in groups of ``accum_steps``; the epoch's last group may be shorter and is divided by
+    its own length, so every optimizer step sees the mean gradient of the micro-batches it accumulated.
+    ``step_now`` is True on the last batch of each group.
+    """
+    for start in range(0, num_batches, accum_steps):
+        size = min(accum_steps, num_batches - start)
+        for i in range(size):
+            yield size, i == size - 1
 
 
 def train_step(model: LocalNet, modules: Sequence[torch.nn.Module], optimizer: torch.optim.Optimizer,
-               sync: GradientSync, accelerator: Accelerator, x: torch.Tensor, y: torch.Tensor) -> LocalStepOutput:
-    """One step: every module's forward + local backward in turn, gradient sync, momentum copies, optimizer step."""
-    out = model.local_step(x, y, backward=accelerator.backward, modules=modules)
+               sync: GradientSync, accelerator: Accelerator, x: torch.Tensor, y: torch.Tensor,
+               options: StepOptions = StepOptions(), divisor: int = 1, step_now: bool = True) -> LocalStepOutput:
+    """One micro-batch: every module's forward + local backward in turn; then, if ``step_now``, the update.
+
+    Each local loss is divided by ``divisor`` before its backward, so that gradients accumulated over
+    ``divisor`` micro-batches are their mean (``--grad-accum-steps``); on the micro-batches before the last,
+    DDP's all-reduce is skipped (``no_sync`` on every prepared module). The update: gradient sync,
+    ``--clip-grad`` of every local module's param group on its own (after all modules' backward passes,
+    after fp16 unscaling), momentum copies, optimizer step. The returned losses are not divided.
+    """
+    backward = accelerator.backward if divisor == 1 else (lambda loss, **kw: accelerator.backward(loss / divisor, **kw))
+    with contextlib.ExitStack() as stack:
+        if not step_now:
+            for module in modules:
+                stack.enter_context(accelerator.no_sync(module))
+        out = model.local_step(x, y, backward=backward, modules=modules, label_smoothing=options.label_smoothing)
+    if not step_now:
+        return out
     sync()  # averages gradients across processes when per-module DDP cannot (MLAAN's cascade); else a no-op
+    if options.clip_grad is not None:
+        if accelerator.scaler is not None:
+            accelerator.unscale_gradients()
+        for group in optimizer.param_groups:  # one group per local module
+            dispatch_clip_grad(group["params"], options.clip_grad, mode=options.clip_mode)
     model.momentum_update()  # MAN/MLAAN: θ_ema ← m·θ_ema + (1 − m)·θ, with the pre-step θ (METHODS.md §9 B8)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -62,10 +111,15 @@ def _train_in(run: RunFolder, args: argparse.Namespace, state: Optional[ResumeSt
     scheduler = create_scheduler(optimizer, args)  # from this command's flags, also when resuming
     if state:
         resume_training(state, args.resume, model, optimizer, accelerator)
+    mixup = create_mixup(args, model)
+    model_ema = create_model_ema(args, model)  # from the resumed weights; then the saved EMA, if there is one
+    if state and model_ema is not None and "state_dict_ema" in state.checkpoint:
+        model_ema.module.load_state_dict(state.checkpoint["state_dict_ema"])
     modules, optimizer, sync = prepare_local_modules(accelerator, model, optimizer)
     run.begin(model, accelerator, resume=state)
     run.loader_batches_per_sec = measure_loader(data.train, args.bench_loader_batches, accelerator.device)
     restore_rng(state, accelerator)
+    options = StepOptions.from_args(args)
 
     for epoch in range(run.start_epoch, args.epochs):
         scheduler.step(epoch)  # per-epoch lr (METHODS.md §7.1)
@@ -75,8 +129,14 @@ def _train_in(run: RunFolder, args: argparse.Namespace, state: Optional[ResumeSt
         run.start_epoch_timer()
         progress = tqdm(data.train, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not accelerator.is_main_process,
                         dynamic_ncols=True)
-        for step, (x, y) in enumerate(progress):
-            out = train_step(model, modules, optimizer, sync, accelerator, x, y)
+        plan = accumulation_plan(len(data.train), args.grad_accum_steps)
+        for step, ((x, y), (divisor, step_now)) in enumerate(zip(progress, plan)):
+            target = y
+            if mixup is not None:
+                x, target = mixup(x, y)  # soft targets; train top-1 below counts against the unmixed labels
+            out = train_step(model, modules, optimizer, sync, accelerator, x, target, options, divisor, step_now)
+            if step_now and model_ema is not None:
+                model_ema.update(model.backbone)
             monitor.update(step, out.losses, out.logits, y)
             if (step + 1) % args.log_interval == 0:
                 monitor.check(epoch)  # one host sync: stops on a NaN/inf local loss, naming module and step
@@ -85,8 +145,13 @@ def _train_in(run: RunFolder, args: argparse.Namespace, state: Optional[ResumeSt
         train_time = run.stop_epoch_timer()
 
         metrics = evaluate(model, data.eval, accelerator)
+        if model_ema is not None:  # as timm: the EMA's metrics are the run's, the model's are printed
+            accelerator.print(f"epoch {epoch + 1}: model without EMA: eval top1 {metrics['eval_top1']:.2f} "
+                              f"loss {metrics['eval_loss']:.4f}")
+            metrics = evaluate(model_ema.module, data.eval, accelerator)
         run.end_epoch(epoch, monitor, metrics, lr=optimizer.param_groups[0]["lr"], train_time=train_time,
-                      optimizer=optimizer, scheduler=scheduler)
+                      optimizer=optimizer, scheduler=scheduler,
+                      model_ema=model_ema.module if model_ema is not None else None)
         scheduler.step(epoch + 1, metrics["eval_top1"])  # timm's convention (the plateau scheduler needs the metric)
 
     return run.finish()

@@ -161,8 +161,11 @@ class RunFolder:
         return time.perf_counter() - self._epoch_start
 
     def end_epoch(self, epoch: int, monitor: LossMonitor, metrics: dict[str, float], *, lr: float,
-                  train_time: float, optimizer, scheduler) -> None:
-        """Summary row, tracker log, ``last.pth.tar`` (and ``model_best.pth.tar``), one log line."""
+                  train_time: float, optimizer, scheduler, model_ema: Optional[torch.nn.Module] = None) -> None:
+        """Summary row, tracker log, ``last.pth.tar`` (and ``model_best.pth.tar``), one log line.
+
+        ``metrics`` are the EMA's when there is one (``model_ema``, saved as ``state_dict_ema``), as in timm.
+        """
         acc = self.accelerator
         losses = torch.tensor(monitor.mean_losses(), device=acc.device)
         counts = torch.tensor([float(monitor.samples), float(monitor.steps)], device=acc.device)
@@ -187,7 +190,7 @@ class RunFolder:
             checkpoint = build_checkpoint(
                 epoch=epoch, arch=self.arch, model=self.model, optimizer=optimizer, scheduler=scheduler,
                 args=self.args_dict, model_kwargs=dict(self.args_dict["model_kwargs"]), metric=metrics["eval_top1"],
-                rng_states=rng_states, amp_scaler=acc.scaler)
+                rng_states=rng_states, amp_scaler=acc.scaler, model_ema=model_ema)
             checkpoint["run_state"] = self._run_state()
             atomic_save(checkpoint, self.path(LAST))
             if is_best:
