@@ -155,6 +155,7 @@ def test_fx_traces_the_plain_forward(name, kwargs):
     assert not any(n.op == "call_module" and n.target.startswith("aux") for n in graph.graph.nodes)
     with torch.no_grad():
         assert torch.equal(graph(x), model(x))
+        assert torch.allclose(torch.jit.script(graph)(x), model(x))  # timm's fx + TorchScript test
         node = "layer1" if name.startswith("resnet") else "blocks.0"
         features = create_feature_extractor(model, return_nodes=[node])(x)
         assert list(features) == [node]

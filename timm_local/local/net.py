@@ -3,7 +3,6 @@
 The state dict is the backbone's own (timm's parameter names) plus ``aux.<k>.*`` for the aux nets
 and momentum copies of module k. ``forward`` is the plain inference path of the backbone.
 """
-from __future__ import annotations
 
 import warnings
 from collections import defaultdict
