@@ -14,12 +14,28 @@ METHODS = ("e2e", "greedy", "dgl", "infopro", "man", "mlaan")
 ARCHS = ("resnet32", "resnet34", "vit_tiny_patch4_32", "vit_tiny_patch16_224")
 NAMES = [f"{arch}_{method}" for arch in ARCHS for method in METHODS]
 
-# timm test function -> why it does not run on our models.
+LOCAL = [f"*_{method}" for method in METHODS if method != "e2e"]  # more than one local module
+
+# timm test function -> (the names it is excluded for, as fnmatch patterns; why).
 EXCLUDED = {
-    "test_model_inference": "network: downloads timm/<model>/test/*.safetensors from the Hugging Face Hub "
-                            "(and is parametrized over list_pretrained('test_*'), timm's test models only)",
-    "test_model_load_pretrained": "network: create_model(pretrained=True) downloads the weights of every "
-                                  "pretrained tag from the Hugging Face Hub",
-    "test_model_features_pretrained": "network: create_model(pretrained=True, features_only=True) downloads "
-                                      "weights from the Hugging Face Hub",
+    "test_model_inference": (["*"], "network: downloads timm/<model>/test/*.safetensors from the Hugging Face "
+                                    "Hub (and is parametrized over list_pretrained('test_*'), timm's test models only)"),
+    "test_model_load_pretrained": (["*"], "network: create_model(pretrained=True) downloads the weights of every "
+                                          "pretrained tag from the Hugging Face Hub"),
+    "test_model_features_pretrained": (["*"], "network: create_model(pretrained=True, features_only=True) "
+                                              "downloads weights from the Hugging Face Hub"),
+    "test_model_forward_torchscript": (["*"], "torch.jit.script(model) compiles every submodule, the aux nets "
+                                              "too, and their Python (LocalContext, the objectives' forward) is "
+                                              "not TorchScript; the inference path does script after fx "
+                                              "(test_model_forward_fx_torchscript runs). Not an item of issue 13 "
+                                              "yet: support or refuse torch.jit.script with a clear message"),
+    "test_model_backward_fx": (LOCAL, "fx traces model.forward, the plain inference path, so the aux nets are not "
+                                      "in the graph and the test's count of parameters with a gradient cannot "
+                                      "match; local learning's gradients come from local_step, which "
+                                      "test_model_backward checks through LocalStepForward (timm_plugin.py). "
+                                      "The *_e2e names run it. Issue 13 item 8 (fx on the plain forward)"),
+    "test_prune_intermediate_layers_contract": (["*"], "LocalNet has no prune_intermediate_layers(): every block "
+                                                       "belongs to a local module (issue 13 item 8, "
+                                                       "forward_intermediates delegates without pruning); timm's "
+                                                       "own CI does not run this test either (no marker, 'slow')"),
 }

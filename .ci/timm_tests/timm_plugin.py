@@ -60,10 +60,10 @@ def pytest_collection_modifyitems(config, items):
     keep, excluded, not_ours = [], [], []
     for item in items:
         name = item.callspec.params.get("model_name") if hasattr(item, "callspec") else None
-        if item.originalname in EXCLUDED:
-            excluded.append(item)
-        elif not isinstance(name, str) or name.split(".")[0] not in NAMES:  # an empty set's NOTSET too
+        if not isinstance(name, str) or name.split(".")[0] not in NAMES:  # an empty set's NOTSET too
             not_ours.append(item)
+        elif any(fnmatch.fnmatch(name, p) for p in EXCLUDED.get(item.originalname, ((), ""))[0]):
+            excluded.append(item)
         else:
             keep.append(item)
     config.hook.pytest_deselected(items=excluded + not_ours)
@@ -75,7 +75,7 @@ def pytest_report_collectionfinish(config, start_path, items):
     kept, excluded, not_ours = config._timm_local_counts
     lines = [f"timm_local: {kept} items of timm's tests on {len(NAMES)} of our names; deselected {excluded} "
              f"excluded (selection.EXCLUDED) and {not_ours} on timm's own fixed models"]
-    lines += [f"  excluded {test}: {reason}" for test, reason in EXCLUDED.items()]
+    lines += [f"  excluded {test} on {' '.join(names)}: {reason}" for test, (names, reason) in EXCLUDED.items()]
     return lines
 
 
@@ -114,14 +114,22 @@ class LocalStepForward(nn.Module):
         return logits.requires_grad_()
 
 
-def _create_for_backward(model_name, **kwargs):
-    model = timm.create_model(model_name, **kwargs)
-    if isinstance(model, LocalNet) and model.num_local_modules > 1:
-        return LocalStepForward(model)
-    return model
-
-
 @pytest.fixture(autouse=True)
 def _backward_through_local_step(request, monkeypatch):
-    if getattr(request.node, "originalname", None) == "test_model_backward":
-        monkeypatch.setattr(request.module, "create_model", _create_for_backward)
+    """``test_model_backward``: a local-learning model comes wrapped in :class:`LocalStepForward`, built for
+    the input size the test feeds (timm's ``_get_input_size(model_name=..., target=TARGET_BWD_SIZE)``):
+    our ImageNet-size models build their aux nets for one size, given at creation as ``img_size=``."""
+    if getattr(request.node, "originalname", None) != "test_model_backward":
+        return
+    timm_tests = request.module
+
+    def create_model(model_name, **kwargs):
+        size = timm_tests._get_input_size(model_name=model_name, target=timm_tests.TARGET_BWD_SIZE)
+        if size != timm.get_pretrained_cfg_value(model_name, "input_size"):
+            kwargs["img_size"] = size[1:]
+        model = timm.create_model(model_name, **kwargs)
+        if isinstance(model, LocalNet) and model.num_local_modules > 1:
+            return LocalStepForward(model)
+        return model
+
+    monkeypatch.setattr(timm_tests, "create_model", create_model)
