@@ -3,7 +3,6 @@
 The state dict is the backbone's own (timm's parameter names) plus ``aux.<k>.*`` for the aux nets
 and momentum copies of module k. ``forward`` is the plain inference path of the backbone.
 """
-from __future__ import annotations
 
 import warnings
 from collections import defaultdict
@@ -204,17 +203,22 @@ class LocalNet(nn.Module):
         self.backbone.get_classifier().train(self.backbone.training)  # timm's ViT leaves a new head in train mode
         self._rebuild_local_modules(self._describe(self.backbone))
 
-    def set_input_size(self, img_size=None, patch_size=None, **kwargs) -> None:
-        """timm's ``set_input_size`` on the backbone (a ViT's patch grid and resampled position embedding).
+    @property
+    def set_input_size(self) -> Callable[..., None]:
+        """timm's ``set_input_size(img_size=None, patch_size=None, **kwargs)`` on the backbone (a ViT's patch
+        grid and resampled position embedding), present only where the backbone has one: as on timm's own
+        models, ``hasattr(model, 'set_input_size')`` says whether it is supported (timm's ResNets have none:
+        create the model with ``img_size=...`` instead).
 
         The local modules keep their cuts; their aux nets are rebuilt (re-initialised) for the new size, as
         after :meth:`reset_classifier`. Create the optimizer afterwards: timm replaces ``pos_embed``.
         """
-        resize = getattr(self.backbone, "set_input_size", None)
-        if resize is None:
-            raise NotImplementedError(f"{type(self.backbone).__name__} has no set_input_size(): create the model "
-                                      f"with img_size=... instead")
-        resize(img_size=img_size, patch_size=patch_size, **kwargs)
+        if not hasattr(self.backbone, "set_input_size"):
+            raise AttributeError("set_input_size")  # nn.Module.__getattr__ then says what has no attribute
+        return self._set_input_size
+
+    def _set_input_size(self, img_size=None, patch_size=None, **kwargs) -> None:
+        self.backbone.set_input_size(img_size=img_size, patch_size=patch_size, **kwargs)
         layout = self._describe(self.backbone)
         self.__dict__["_probe"] = probe_features(layout)
         self._rebuild_local_modules(layout)
