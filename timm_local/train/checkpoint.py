@@ -23,6 +23,7 @@ import torch
 
 
 CHECKPOINT_VERSION = 2
+LAST, BEST = "last.pth.tar", "model_best.pth.tar"  # the two checkpoints of a run folder
 
 
 def capture_rng_states() -> dict[str, Any]:
@@ -103,7 +104,7 @@ def read_checkpoint(path: str) -> Any:
 def _intact_sibling_hint(path: str) -> str:
     """'; <folder>/model_best.pth.tar is intact ...' when the other checkpoint of the folder loads."""
     folder, name = os.path.split(os.path.abspath(path))
-    siblings = {"last.pth.tar": "model_best.pth.tar", "model_best.pth.tar": "last.pth.tar"}
+    siblings = {LAST: BEST, BEST: LAST}
     if name not in siblings or not os.path.isfile(os.path.join(folder, siblings[name])):
         return ""
     other = os.path.join(folder, siblings[name])

@@ -22,6 +22,7 @@ from accelerate import Accelerator
 from ..local import LocalNet
 from .args import DEFAULT_MODEL, args_to_dict
 from .checkpoint import load_checkpoint_file, restore_rng_states
+from .run_folder import RESULTS
 
 # flags that name where a run is written or what started it, not what it trains
 NOT_COMPARED = frozenset({"resume", "config", "output", "experiment", "debug"})
@@ -139,7 +140,7 @@ def finished_results(state: ResumeState, args: argparse.Namespace) -> Optional[d
     A run killed after its last checkpoint but before ``results.json`` is not finished: resuming it
     writes ``results.json``.
     """
-    path = os.path.join(os.path.dirname(os.path.abspath(args.resume)), "results.json")
+    path = os.path.join(os.path.dirname(os.path.abspath(args.resume)), RESULTS)
     if state.epoch < args.epochs or not os.path.isfile(path):
         return None
     with open(path) as f:

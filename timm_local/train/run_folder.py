@@ -26,13 +26,13 @@ from ..io import atomic_save
 from ..local import LocalNet
 from ..pidlock import PidLock
 from .args import args_to_dict
-from .checkpoint import build_checkpoint, capture_rng_states
+from .checkpoint import BEST, LAST, build_checkpoint, capture_rng_states
 from .distributed import gather_objects
 from .metrics import LossMonitor
 from .outputs import (SummaryCsv, device_name, package_versions, peak_memory_mb, reset_peak_memory, summary_columns,
                       write_args_yaml, write_json)
 
-LAST, BEST, RESULTS, RUN_LOCK = "last.pth.tar", "model_best.pth.tar", "results.json", ".lock"
+RESULTS, RUN_LOCK = "results.json", ".lock"
 WORTH_KEEPING = (LAST, BEST, RESULTS)  # a folder holding any of these has a run that must not be overwritten
 
 
