@@ -152,3 +152,49 @@ def test_mlaan_shared_forward_matches_the_reevaluating_step(k, kwargs, one_threa
             assert not torch.equal(s_old[name], s_new[name]), name
         else:
             torch.testing.assert_close(s_new[name], s_old[name], rtol=0, atol=1e-6, msg=name)
+
+
+class ReturnsACopy(torch.nn.Module):
+    """A prepared module's forward as Accelerate's mixed precision makes it: the output handed back is a new
+    tensor (there ``h.float()``), not the one the objective saw; here an exact copy, so gradients stay exact."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, h, ctx):
+        out, loss = self.module(h, ctx)
+        return out.clone(), loss
+
+
+MLAAN_ZOO = {"base": "infopro", "laminae": 2, "ema_update": "all", "final_loss": "weighted"}
+
+
+@pytest.mark.parametrize("name,k,kwargs", [("resnet32_mlaan", 8, MLAAN_ZOO), ("resnet32_mlaan", 4, {}),
+                                           ("resnet32_infopro", 4, ALL_ON)])
+def test_a_module_that_returns_a_copy_of_its_output_gets_the_same_gradients(name, k, kwargs, one_thread):
+    """The interleaved MLAAN step differentiates against the tensor the objective saw, not the one returned
+    (before, the zoo sweep's first bf16 step raised "grad can be implicitly created only for scalar outputs")."""
+    torch.manual_seed(3)
+    plain = timm.create_model(name, num_local_modules=k, **kwargs)
+    wrapped = copy.deepcopy(plain)
+    x, y = batch(8, seed=4)
+    plain.local_step(x, y)
+    wrapped.local_step(x, y, modules=[ReturnsACopy(m) for m in wrapped.local_modules])
+    g_plain, g_wrapped = grads(plain), grads(wrapped)
+    assert g_plain.keys() == g_wrapped.keys() and g_plain
+    assert all(torch.equal(g_plain[n], g_wrapped[n]) for n in g_plain)
+
+
+def test_mlaan_trains_every_module_through_accelerates_bf16_prepare(one_thread, fresh_accelerate_state):
+    """The trainer's path: modules prepared by ``Accelerator(mixed_precision='bf16')``, its ``backward``."""
+    from accelerate import Accelerator
+
+    torch.manual_seed(3)
+    model = timm.create_model("resnet32_mlaan", num_local_modules=8, **MLAAN_ZOO)
+    accelerator = Accelerator(cpu=True, mixed_precision="bf16")
+    modules = [accelerator.prepare_model(m, evaluation_mode=True) for m in model.local_modules]
+    out = model.local_step(*batch(8, seed=4), backward=accelerator.backward, modules=modules)
+    assert out.logits.dtype == torch.float32 and all(torch.isfinite(loss) for loss in out.losses)
+    trainable = [p for g in model.local_param_groups() for p in g["params"]]
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in trainable)

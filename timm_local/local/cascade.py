@@ -114,6 +114,24 @@ def _route(live: dict[int, _Live], first: int, k: int, grad: torch.Tensor) -> No
             live[m].output.grad = None
 
 
+@contextmanager
+def objective_inputs(local: Sequence[nn.Module]) -> Iterator[dict[int, torch.Tensor]]:
+    """Record, per module index, the tensor each local objective was called on.
+
+    A prepared module's ``forward`` may hand back a different tensor than its objective saw: Accelerate's
+    mixed precision returns ``h.float()`` of the bf16/fp16 output. A loss depends only on the tensor its
+    objective saw, so that is the one the interleaved step differentiates against and routes through.
+    """
+    seen: dict[int, torch.Tensor] = {}
+    hooks = [m.objective.register_forward_pre_hook(lambda _, args, k=k: seen.__setitem__(k, args[0]))
+             for k, m in enumerate(local) if m.objective is not None]
+    try:
+        yield seen
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
 def run_shared(net, x: torch.Tensor, ctx: LocalContext, modules: Sequence[nn.Module], backward: Callable,
                depth: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The interleaved step for ``cascade_depth`` > 1 (module docstring): returns detached logits and losses."""
@@ -123,29 +141,31 @@ def run_shared(net, x: torch.Tensor, ctx: LocalContext, modules: Sequence[nn.Mod
     live: dict[int, _Live] = {}
     losses, h, last = [], x, len(modules) - 1
     autocast_cache = torch.is_autocast_enabled(x.device.type)
-    for k, module in enumerate(modules):
-        inputs = h if k == 0 else h.detach().requires_grad_()
-        with repeated_bn_updates(local[k].blocks, counts[k]):
-            out, loss = module(inputs, ctx)
-        live[k] = _Live(inputs, out, [p for p in local[k].parameters() if p.requires_grad])
-        if loss is None:
-            losses.append(torch.zeros((), device=x.device))
-        elif not isinstance(loss, CascadeLoss):
-            raise TypeError(f"module {k}'s objective returned a {type(loss).__name__}: with cascade_depth > 1 "
-                            f"objectives must return CascadeLoss(own, cascade) so each part gets its reach")
-        else:
-            aux = [p for p in local[k].objective.parameters() if p.requires_grad]
-            _route(live, starts[k], k, _grad_at(backward, loss.cascade, out, aux))
-            if loss.own is not None:
-                live[k].add(_grad_at(backward, loss.own, out, aux))
-            losses.append(loss.total().detach())
-            del loss  # frees the aux nets' graph before module k + 1 runs
-        for m in [m for m in live if m <= k - depth + 1 or k == last]:
-            live.pop(m).release()
-        if autocast_cache:
-            torch.clear_autocast_cache()
-        h = out
-    return h.detach(), losses
+    with objective_inputs(local) as seen:
+        for k, module in enumerate(modules):
+            inputs = h if k == 0 else h.detach().requires_grad_()
+            with repeated_bn_updates(local[k].blocks, counts[k]):
+                returned, loss = module(inputs, ctx)
+            out = seen.pop(k, returned)  # the tensor the loss depends on (objective_inputs)
+            live[k] = _Live(inputs, out, [p for p in local[k].parameters() if p.requires_grad])
+            if loss is None:
+                losses.append(torch.zeros((), device=x.device))
+            elif not isinstance(loss, CascadeLoss):
+                raise TypeError(f"module {k}'s objective returned a {type(loss).__name__}: with cascade_depth > 1 "
+                                f"objectives must return CascadeLoss(own, cascade) so each part gets its reach")
+            else:
+                aux = [p for p in local[k].objective.parameters() if p.requires_grad]
+                _route(live, starts[k], k, _grad_at(backward, loss.cascade, out, aux))
+                if loss.own is not None:
+                    live[k].add(_grad_at(backward, loss.own, out, aux))
+                losses.append(loss.total().detach())
+                del loss  # frees the aux nets' graph before module k + 1 runs
+            for m in [m for m in live if m <= k - depth + 1 or k == last]:
+                live.pop(m).release()
+            if autocast_cache:
+                torch.clear_autocast_cache()
+            h = out
+    return returned.detach(), losses
 
 
 class Reevaluation:
