@@ -43,11 +43,18 @@ def test_a_bfloat16_model_trains_locally():
     assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad and "momentum" not in n)
 
 
-def test_a_measured_split_on_meta_says_what_to_pass():
-    with pytest.raises(ValueError, match="device='meta' cannot.*split='even'"):
-        timm.create_model("resnet32_infopro", num_local_modules=3, split="measured", device="meta")
-    model = timm.create_model("resnet32_infopro", num_local_modules=3, split="even", device="meta")
-    assert model.cuts == (5, 10)
+@pytest.mark.parametrize("name,kwargs", [("resnet32_infopro", dict(num_local_modules=3, split="measured")),
+                                         ("resnet32_man", dict(num_local_modules=5)),  # no table: 'auto'
+                                         ("resnet50_dgl", SMALL), ("resnet50_man", SMALL)])
+def test_a_measured_split_on_meta_gives_the_real_models_cuts(name, kwargs):
+    """A measured split runs the backbone, which meta cannot: it measures a zero-filled CPU copy instead (timm's
+    test_model_default_cfgs builds every name on meta; resnet50's default split is measured)."""
+    with torch.device("meta"):  # timm's test_model_default_cfgs also makes meta the default device
+        meta = timm.create_model(name, device="meta", **kwargs)
+    real = timm.create_model(name, **kwargs)
+    assert meta.split_kind == real.split_kind != "paper"
+    assert meta.cuts == real.cuts
+    assert all(t.is_meta for t in tensors(meta).values())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -161,3 +168,18 @@ def test_fx_traces_the_plain_forward(name, kwargs):
         assert list(features) == [node]
         fx_net = timm.create_model(name, features_only=True, feature_cls="fx", **kwargs).eval()
         assert len(fx_net(x)) == len(fx_net.feature_info.channels())
+
+
+@pytest.mark.parametrize("name,kwargs", [("resnet32_man", {}), ("resnet32_mlaan", {}), ("resnet34_infopro", SMALL),
+                                         ("vit_tiny_patch4_32_dgl", {})])
+def test_torchscript_scripts_the_plain_inference_model(name, kwargs, tmp_path):
+    """``torch.jit.script(model)`` gives the backbone (timm's state-dict names, no aux nets), which saves and
+    loads as any TorchScript module and computes the eager model's logits (timm's test_model_forward_torchscript)."""
+    model = timm.create_model(name, **kwargs).eval()
+    x = torch.randn(2, *model._input_size)
+    scripted = torch.jit.script(model)
+    assert set(scripted.state_dict()) == {k for k in model.state_dict() if not k.startswith("aux.")}
+    torch.jit.save(scripted, tmp_path / "model.pt")
+    loaded = torch.jit.load(tmp_path / "model.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))

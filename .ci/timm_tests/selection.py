@@ -25,21 +25,11 @@ EXCLUDED = {
                                           "pretrained tag from the Hugging Face Hub"),
     "test_model_features_pretrained": (["*"], "network: create_model(pretrained=True, features_only=True) "
                                               "downloads weights from the Hugging Face Hub"),
-    "test_model_forward_torchscript": (["*"], "torch.jit.script(model) compiles every submodule, the aux nets "
-                                              "too, and their Python (LocalContext, the objectives' forward) is "
-                                              "not TorchScript; the inference path does script after fx "
-                                              "(test_model_forward_fx_torchscript runs). Not an item of issue 13 "
-                                              "yet: support or refuse torch.jit.script with a clear message"),
     "test_model_backward_fx": (LOCAL, "fx traces model.forward, the plain inference path, so the aux nets are not "
                                       "in the graph and the test's count of parameters with a gradient cannot "
                                       "match; local learning's gradients come from local_step, which "
                                       "test_model_backward checks through LocalStepForward (timm_plugin.py). "
                                       "The *_e2e names run it. Issue 13 item 8 (fx on the plain forward)"),
-    "test_model_default_cfgs": ([f"resnet50_{m}*" for m in ("greedy", "dgl", "infopro", "man")],
-                                "a bug, issue 13 item 4 (meta too): timm's cfg test builds on device='meta', "
-                                "and these names' default split is measured (it runs the backbone), which "
-                                "meta cannot; create_model raises 'pass split=even or explicit cuts'. "
-                                "resnet50_e2e / _mlaan and every other name pass"),
     "test_prune_intermediate_layers_contract": (["*"], "LocalNet has no prune_intermediate_layers(): every block "
                                                        "belongs to a local module (issue 13 item 8, "
                                                        "forward_intermediates delegates without pruning); timm's "

@@ -19,8 +19,8 @@ from .cascade import run_joint, run_shared
 from .context import CascadeLoss, LocalContext
 from .layout import BackboneLayout, probe_features
 from .module import LocalModule
-from .placement import factory_defaults
-from .split import SplitSpec, measure_module_costs, resolve_split
+from .placement import factory_defaults, is_on_meta, zero_filled_cpu_copy
+from .split import ModuleCosts, SplitSpec, measure_module_costs, resolve_split
 
 Describe = Callable[[nn.Module], BackboneLayout]
 
@@ -86,7 +86,7 @@ class LocalNet(nn.Module):
         self.__dict__["_probe"] = probe_features(layout)
         self.cuts, self.split_kind = resolve_split(
             layout, num_local_modules, split, self._probe,
-            costs=lambda: measure_module_costs(layout, method, self._probe, backbone.num_classes, self.mean, self.std))
+            costs=lambda: self._measure_costs(layout))
         self._build_local_modules(layout)
 
     # ------------------------------------------------------------------ construction
@@ -98,6 +98,17 @@ class LocalNet(nn.Module):
             self._parameters[name] = param
         for name, buf in self.backbone.named_buffers(recurse=False):
             self._buffers[name] = buf
+
+    def _measure_costs(self, layout: BackboneLayout) -> ModuleCosts:
+        """:func:`measure_module_costs` of ``layout``; for a backbone on ``device='meta'``, of a zero-filled CPU
+        copy of it, with the aux nets built on the CPU too (timm builds on meta, also as the default device, to
+        check configs), so that a measured split gives a meta model the cuts the real one gets."""
+        if not is_on_meta(self.backbone):
+            return measure_module_costs(layout, self.method, self._probe, self.backbone.num_classes, self.mean,
+                                        self.std)
+        with torch.device("cpu"):
+            return measure_module_costs(self._describe(zero_filled_cpu_copy(self.backbone)), self.method,
+                                        self._probe, self.backbone.num_classes, self.mean, self.std)
 
     def _build_local_modules(self, layout: BackboneLayout) -> None:
         num_classes = self.backbone.num_classes
@@ -187,6 +198,12 @@ class LocalNet(nn.Module):
         if self.training and torch.is_grad_enabled() and self.num_local_modules > 1 and self.warn_plain_training_forward:
             warnings.warn(PLAIN_TRAINING_FORWARD_WARNING, PlainTrainingForwardWarning, stacklevel=2)
         return self.backbone.forward(x)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script(model)`` scripts the plain inference model, the timm backbone (its weights, its
+        ``forward``); the aux nets and ``local_step`` are training-time Python and are left out, as
+        :mod:`timm_local.hub` exports only the backbone. Train with the unscripted model."""
+        return self.backbone
 
     def get_classifier(self) -> nn.Module:
         return self.backbone.get_classifier()

@@ -10,10 +10,12 @@ is made first (``device='meta'`` allocates nothing).
 """
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
 import torch
+from torch import nn
 
 
 @contextmanager
@@ -39,3 +41,21 @@ def factory_defaults(device: Optional[torch.device] = None, dtype: Optional[torc
                 yield
     finally:
         torch.set_default_dtype(previous)
+
+
+def is_on_meta(module: nn.Module) -> bool:
+    """True when any parameter or buffer of ``module`` is on ``device='meta'`` (shapes only, no storage)."""
+    return any(t.is_meta for t in (*module.parameters(), *module.buffers()))
+
+
+def zero_filled_cpu_copy(module: nn.Module) -> nn.Module:
+    """A CPU copy of ``module`` with the same structure, shapes and dtypes, every tensor zero.
+
+    What a measurement needs of a ``device='meta'`` model, which cannot run: the bytes autograd saves per
+    sample depend on shapes and dtypes only, so the copy measures what the real model would.
+    """
+    stand_in = copy.deepcopy(module).to_empty(device="cpu")
+    with torch.no_grad():
+        for t in (*stand_in.parameters(), *stand_in.buffers()):
+            t.zero_()
+    return stand_in

@@ -130,16 +130,17 @@ class CifarResNet(nn.Module):
         return self.act1(self.bn1(self.conv1(x)))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.fx.Proxy) and x.shape[1] != self.in_chans:  # no shape to check in fx tracing
-            raise ValueError(f"expected {self.in_chans}-channel images, got a batch of shape {tuple(x.shape)}: "
-                             f"create the model with in_chans={x.shape[1]} or convert the images")
+        """Stem and the three stages. TorchScript compiles none of the code under ``not is_scripting()``."""
+        if not torch.jit.is_scripting():
+            if not isinstance(x, torch.fx.Proxy) and x.shape[1] != self.in_chans:  # fx tracing has no shape
+                raise ValueError(f"expected {self.in_chans}-channel images, got a batch of shape {tuple(x.shape)}: "
+                                 f"create the model with in_chans={x.shape[1]} or convert the images")
         x = self.forward_stem(x)
-        for stage in self.stages():
-            if self.grad_checkpointing and not torch.jit.is_scripting():
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            for stage in self.stages():
                 x = checkpoint_seq(stage, x)
-            else:
-                x = stage(x)
-        return x
+            return x
+        return self.layer3(self.layer2(self.layer1(x)))
 
     def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, Sequence[int]]] = None,
                               norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
