@@ -232,6 +232,19 @@ def test_model_ema_is_evaluated_and_checkpointed_as_timm_does(tmp_path, data_dir
     assert validated["loss"] == pytest.approx(results["eval_loss_final"], rel=1e-5)
     model = timm.create_model("resnet32_dgl", num_local_modules=2)
     timm.models.load_checkpoint(model, str(tmp_path / "run" / "last.pth.tar"), use_ema=True)  # timm reads it
+    AcceleratorState._reset_state(reset_partial_state=True)
+    with_ema = validate_main(["--checkpoint", str(tmp_path / "run" / "last.pth.tar"), "--use-ema",
+                              "--data-dir", data_dir, "--workers", "0"])  # timm's validate.py --use-ema
+    assert (with_ema["top1"], with_ema["loss"]) == (validated["top1"], validated["loss"]) and with_ema["use_ema"]
+
+
+def test_use_ema_on_a_checkpoint_without_ema_is_refused(tmp_path, data_dir, capsys):
+    from timm_local.validate import main as validate_main
+
+    run(tmp_path, data_dir)
+    with pytest.raises(SystemExit):
+        validate_main(["--checkpoint", str(tmp_path / "run" / "last.pth.tar"), "--use-ema", "--data-dir", data_dir])
+    assert "holds no EMA weights (state_dict_ema, written by train.py --model-ema)" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- a timm args.yaml with -c, --log-wandb
@@ -267,8 +280,45 @@ def test_a_timm_args_yaml_names_every_unsupported_key_in_one_line(tmp_path):
 
 
 def test_a_null_value_for_a_flag_that_needs_one_is_named(tmp_path):
-    with pytest.raises(ValueError, match="config key 'lr' is null"):  # timm 1.0 writes lr: null (lr_base scaling)
-        parse_args(["-c", timm_args_yaml(tmp_path, lr=None)])
+    with pytest.raises(ValueError, match="config key 'epochs' is null"):
+        parse_args(["-c", timm_args_yaml(tmp_path, epochs=None)])
+
+
+def test_a_timm_args_yaml_with_lr_null_takes_the_lr_from_lr_base_as_timm(tmp_path, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    args = parse_args(["-c", timm_args_yaml(tmp_path, lr=None, lr_base=0.1, lr_base_size=256, lr_base_scale="")])
+    assert args.lr == pytest.approx(0.1 * 16 / 256)
+
+
+@pytest.mark.parametrize("flags,world,expected", [
+    ([], 1, 0.1),  # the default: the papers' 0.1 at batch 128
+    (["-b", "1024"], 1, 0.8),
+    (["-b", "64", "--grad-accum-steps", "2"], 4, 0.4),  # global batch 512
+    (["--opt", "adamw", "-b", "64"], 1, 0.2 * 0.5),  # sqrt for adaptive optimizers
+    (["--lr-base-scale", "linear", "--opt", "lamb", "-b", "64"], 1, 0.05),
+    (["--lr", "0.03", "-b", "1024"], 1, 0.03),  # --lr wins
+])
+def test_lr_follows_lr_base_and_the_global_batch_as_timm(flags, world, expected, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    assert parse_args(flags).lr == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("device,match", [
+    ("cuda:1", "CUDA_VISIBLE_DEVICES=1 and --device cuda"),
+    ("tpu", "timm_local trains on 'cpu' or 'cuda'"),
+])
+def test_device_flags_that_cannot_be_honoured_say_what_to_do(device, match, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--device", device])
+    assert match in capsys.readouterr().err
+
+
+def test_device_cpu_is_cpu_and_cuda_needs_a_gpu(capsys):
+    assert parse_args(["--device", "cpu"]).cpu is True
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            parse_args(["--device", "cuda"])
+        assert "no CUDA GPU is visible here; use --device cpu" in capsys.readouterr().err
 
 
 def test_log_wandb_is_log_with_wandb():

@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="timm_local model name, e.g. resnet32_man (default: the training checkpoint's)")
     parser.add_argument("--checkpoint", default="", help="training checkpoint or weights file")
     parser.add_argument("--pretrained", action="store_true", help="load the published weights (Hub)")
+    parser.add_argument("--use-ema", action="store_true",
+                        help="as timm: evaluate the checkpoint's EMA weights (state_dict_ema, from train.py --model-ema)")
     parser.add_argument("--model-kwargs", nargs="*", default={}, action=ParseKwargs, metavar="K=V")
     parser.add_argument("--dataset", default="cifar10")
     parser.add_argument("--data-dir", default=None)
@@ -50,21 +52,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def checkpoint_record(path: str) -> tuple[Optional[str], dict]:
-    """``(arch, model_kwargs)`` saved in a training checkpoint, else ``(None, {})``."""
-    if not path or path.endswith(".safetensors"):
-        return None, {}
-    checkpoint = read_checkpoint(path)
+EMA_KEYS = ("state_dict_ema", "model_ema")  # where timm's load_checkpoint(use_ema=True) looks
+
+
+def checkpoint_record(path: str, use_ema: bool = False) -> tuple[Optional[str], dict]:
+    """``(arch, model_kwargs)`` saved in a training checkpoint, else ``(None, {})``.
+
+    With ``use_ema`` the checkpoint must hold EMA weights: timm would silently evaluate the plain ones instead.
+    """
+    checkpoint = read_checkpoint(path) if path and not path.endswith(".safetensors") else None
+    if use_ema and not (isinstance(checkpoint, dict) and any(checkpoint.get(k) is not None for k in EMA_KEYS)):
+        raise ValueError(f"--use-ema: {path or 'no --checkpoint'} holds no EMA weights (state_dict_ema, written by "
+                         f"train.py --model-ema): leave out --use-ema to evaluate its weights")
     if not isinstance(checkpoint, dict):
         return None, {}
     return checkpoint.get("arch"), dict(checkpoint.get("model_kwargs") or {})
 
 
 def load_weights(model: torch.nn.Module, path: str, model_name: str, kwargs: dict, saved_arch: Optional[str],
-                 saved_kwargs: dict) -> None:
+                 saved_kwargs: dict, use_ema: bool = False) -> None:
     """``timm.models.load_checkpoint``; a mismatch names the checkpoint's model and this command's, in one line."""
     try:
-        timm.models.load_checkpoint(model, path)
+        timm.models.load_checkpoint(model, path, use_ema=use_ema)
     except RuntimeError as error:
         if "state_dict" not in str(error):
             raise
@@ -74,7 +83,7 @@ def load_weights(model: torch.nn.Module, path: str, model_name: str, kwargs: dic
 
 
 def validate(args: argparse.Namespace) -> dict:
-    saved_arch, saved_kwargs = checkpoint_record(args.checkpoint)
+    saved_arch, saved_kwargs = checkpoint_record(args.checkpoint, use_ema=args.use_ema)
     args.model = args.model or saved_arch
     if not args.model:
         raise ValueError("--model is required unless --checkpoint is a training checkpoint (which names its model)")
@@ -84,7 +93,7 @@ def validate(args: argparse.Namespace) -> dict:
     kwargs = {"num_classes": spec.num_classes, **(args.model_kwargs or saved_kwargs)}
     model = timm.create_model(model_name_for_dataset(args.model, spec.name), pretrained=args.pretrained, **kwargs)
     if args.checkpoint:
-        load_weights(model, args.checkpoint, args.model, kwargs, saved_arch, saved_kwargs)
+        load_weights(model, args.checkpoint, args.model, kwargs, saved_arch, saved_kwargs, use_ema=args.use_ema)
     model.to(accelerator.device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -95,7 +104,8 @@ def validate(args: argparse.Namespace) -> dict:
                             workers=args.workers,
                             image_size=None if spec.in_memory else kwargs.get("img_size"))
     metrics = evaluate(model, loaders.eval, accelerator)
-    results = {"model": args.model, "checkpoint": args.checkpoint, "dataset": spec.name, "model_kwargs": kwargs,
+    results = {"model": args.model, "checkpoint": args.checkpoint, "use_ema": args.use_ema, "dataset": spec.name,
+               "model_kwargs": kwargs,
                "top1": metrics["eval_top1"], "top5": metrics["eval_top5"], "loss": metrics["eval_loss"],
                "mixed_precision": accelerator.mixed_precision}
     if accelerator.is_main_process:

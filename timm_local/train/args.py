@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import ast
 import difflib
+import os
 from typing import Any, Optional, Sequence
 
+import torch
 import yaml
 
 from .optim import WARMUP_START_LR
@@ -98,7 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     group = parser.add_argument_group("Optimizer and schedule (defaults: the papers' CIFAR recipe, METHODS.md §7.1)")
     group.add_argument("--opt", default="sgd", help="timm optimizer name ('sgd' = SGD with Nesterov momentum)")
-    group.add_argument("--lr", type=float, default=0.1, help="base learning rate lr0")
+    group.add_argument("--lr", type=float, default=None,
+                       help="learning rate lr0 (default: --lr-base scaled to the global batch, timm's rule)")
+    group.add_argument("--lr-base", type=float, default=0.2,
+                       help="the lr at --lr-base-size images per optimizer step, used when --lr is not given "
+                            "(0.2 at 256 is the papers' 0.1 at batch 128 and 0.8 at 1024)")
+    group.add_argument("--lr-base-size", type=int, default=256, help="the global batch --lr-base is given for")
+    group.add_argument("--lr-base-scale", default="", choices=("", "linear", "sqrt"),
+                       help="how the lr follows the global batch; '' = timm's pick: sqrt for ada*/lamb, else linear")
     group.add_argument("--weight-decay", type=float, default=1e-4,
                        help="on every trainable parameter, aux nets included")
     group.add_argument("--momentum", type=float, default=0.9, help="optimizer momentum")
@@ -153,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--amp-dtype", default=None, choices=("float16", "bfloat16"),
                        help="the --amp dtype (timm's default is float16; ours picks as --amp says); needs --amp")
     group.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
+    group.add_argument("--device", default=None,
+                       help="timm's --device: 'cpu' (= --cpu) or 'cuda' (refused where there is none); Accelerate "
+                            "gives each process its GPU, so pick GPUs with CUDA_VISIBLE_DEVICES, not cuda:N")
     group.add_argument("--output", default="./output/train", help="parent folder of the run folders")
     group.add_argument("--experiment", default="", help="run folder name (default: <date>-<model>-k<K>-<dataset>)")
     group.add_argument("--log-interval", type=int, default=10,
@@ -246,7 +258,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if config_args.config:
         parser.set_defaults(**load_config(config_args.config, parser))
     args = parser.parse_args(remaining)
-    for name in ("epochs", "batch_size", "log_interval", "grad_accum_steps"):
+    for name in ("epochs", "batch_size", "log_interval", "grad_accum_steps", "lr_base_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     args.config = config_args.config
@@ -269,9 +281,45 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         args.model = DEFAULT_MODEL  # when resuming, train() takes the checkpoint's
     if args.warmup_lr is None:
         args.warmup_lr = DEFAULT_WARMUP_LR.get(args.sched, TIMM_WARMUP_LR)
+    _apply_device(args, parser)
+    if args.lr is None:
+        args.lr = lr_from_base(args.lr_base, global_batch_size(args), args.lr_base_size, args.lr_base_scale, args.opt)
     if args.lr < 0 or args.warmup_lr < 0:
         parser.error(f"--lr and --warmup-lr must be >= 0, got {args.lr} and {args.warmup_lr}")
     return args
+
+
+def global_batch_size(args: argparse.Namespace) -> int:
+    """Images per optimizer step over all processes: batch × processes (``WORLD_SIZE``, set by the launchers) ×
+    ``--grad-accum-steps``."""
+    return args.batch_size * int(os.environ.get("WORLD_SIZE", "1")) * args.grad_accum_steps
+
+
+def lr_from_base(lr_base: float, batch: int, base_size: int, scale: str, opt: str) -> float:
+    """timm train.py's rule: lr = lr_base · r with r = batch / base_size ('linear') or √(batch / base_size) ('sqrt');
+    ``scale=''`` picks sqrt for adaptive optimizers (names containing 'ada' or 'lamb'), else linear."""
+    if not scale:
+        scale = "sqrt" if any(name in opt.lower() for name in ("ada", "lamb")) else "linear"
+    ratio = batch / base_size
+    return lr_base * (ratio ** 0.5 if scale == "sqrt" else ratio)
+
+
+def _apply_device(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """timm's ``--device``: 'cpu' sets ``--cpu``; 'cuda' needs a GPU; anything else is refused with the fix."""
+    if args.device is None:
+        return
+    if args.device == "cpu":
+        args.cpu = True
+    elif args.device == "cuda":
+        if args.cpu:
+            parser.error("--device cuda and --cpu contradict each other: give one")
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: no CUDA GPU is visible here; use --device cpu (or leave --device out)")
+    elif args.device.startswith("cuda:"):
+        parser.error(f"--device {args.device}: Accelerate places each process on its own GPU; choose the GPU with "
+                     f"CUDA_VISIBLE_DEVICES={args.device[5:]} and --device cuda")
+    else:
+        parser.error(f"--device {args.device}: timm_local trains on 'cpu' or 'cuda'")
 
 
 # timm train.py flag -> the timm.create_model kwarg it sets

@@ -146,7 +146,8 @@ class RunFolder:
             accelerator.init_trackers(os.path.basename(self.dir), config=_flat(self.args_dict))
         accelerator.print(f"run folder: {self.dir}\n{model.num_local_modules} local modules "
                           f"({model.split_kind} split, cuts {list(model.cuts)}), {accelerator.num_processes} "
-                          f"process(es) on {accelerator.device}, mixed precision {accelerator.mixed_precision}")
+                          f"process(es) on {accelerator.device}, mixed precision {accelerator.mixed_precision}, "
+                          f"lr {self.args.lr:g}")
 
     def path(self, name: str) -> str:
         return os.path.join(self.dir, name)

@@ -18,12 +18,12 @@ TIMM_TRAIN_DEFAULTS = {
     "std": None, "interpolation": "", "fuser": "", "fast_norm": False, "head_init_scale": None,
     "head_init_bias": None, "torchscript": False, "model_dtype": None,
     # device
-    "device": "cuda", "amp_impl": "native", "no_ddp_bb": False, "synchronize_step": False, "local_rank": 0,
+    "amp_impl": "native", "no_ddp_bb": False, "synchronize_step": False, "local_rank": 0,
     "device_modules": None,
     # optimizer
     "opt_eps": None, "opt_betas": None, "layer_decay": None, "opt_kwargs": {},
     # schedule
-    "sched_on_updates": False, "lr_base": 0.1, "lr_base_size": 256, "lr_base_scale": "", "lr_noise": None,
+    "sched_on_updates": False, "lr_noise": None,
     "lr_noise_pct": 0.67, "lr_noise_std": 1.0, "lr_cycle_mul": 1.0, "lr_cycle_decay": 0.5, "lr_cycle_limit": 1,
     "lr_k_decay": 1.0, "epoch_repeats": 0.0, "start_epoch": None, "decay_milestones": [90, 180, 270],
     "decay_epochs": 90, "warmup_prefix": False, "cooldown_epochs": 0, "patience_epochs": 10, "decay_rate": 0.1,
