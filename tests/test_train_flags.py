@@ -374,3 +374,40 @@ def test_weights_that_do_not_exist_or_fit_are_one_line_errors(tmp_path, data_dir
     with pytest.raises(ValueError, match=r"--initial-checkpoint .*resnet110.pth does not fit --model resnet32_dgl .*"
                                          r"unexpected keys \['layer1.5"):
         run(tmp_path, data_dir, "--initial-checkpoint", str(path))
+
+
+# ---------------------------------------------------------------- the default thread count
+@pytest.mark.parametrize("cpus,load,processes,expected", [
+    (2, 0.1, 1, 2),  # idle: every core
+    (2, 1.2, 1, 1),  # one core busy
+    (2, 5.2, 1, 1),  # oversubscribed: still one
+    (16, 4.0, 1, 12),
+    (16, 0.0, 4, 4),  # four training processes share the cores
+])
+def test_the_default_threads_are_the_free_cores(cpus, load, processes, expected):
+    from timm_local.train.threads import free_cpu_threads
+
+    assert free_cpu_threads(cpus, load, processes) == expected
+
+
+def test_threads_flag_then_omp_num_threads_then_the_free_cores(monkeypatch):
+    from timm_local.train import threads
+
+    assert threads.choose_threads(3) == (3, "--threads")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert threads.choose_threads(None) == (torch.get_num_threads(), "OMP_NUM_THREADS")
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (7.0, 7.0, 7.0))
+    assert threads.choose_threads(None)[0] == 1
+    with pytest.raises(ValueError, match="--threads must be >= 1"):
+        threads.choose_threads(0)
+
+
+def test_train_uses_and_reports_the_thread_count(tmp_path, data_dir, capsys):
+    previous = torch.get_num_threads()
+    try:
+        results, _ = run(tmp_path, data_dir, "--threads", "1")
+        assert "1 CPU thread(s) per process (--threads)" in capsys.readouterr().out
+        assert results["threads"] == 1
+    finally:
+        torch.set_num_threads(previous)

@@ -150,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--model-ema-decay", type=float, default=0.9998, help="decay of --model-ema")
 
     group = parser.add_argument_group("Run")
+    group.add_argument("--threads", type=int, default=None,
+                       help="CPU intra-op threads per process (default: OMP_NUM_THREADS if set, else the cores free "
+                            "now: busy cores make several threads much slower than one; timm_local/train/threads.py)")
     group.add_argument("--seed", type=int, default=42)
     group.add_argument("--deterministic", action="store_true",
                        help="deterministic algorithms (needed for bit-exact resume on GPU)")

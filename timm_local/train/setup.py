@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 from typing import Iterable, Optional
 
 import timm
@@ -18,6 +19,7 @@ from ..data.specs import get_dataset_spec
 from ..local import LocalNet
 from ..precision import emulated_bf16_warning, resolve_amp, resolve_mixed_precision
 from .distributed import check_distributed_type, single_cpu_process_warning
+from .threads import choose_threads
 
 
 def expected_device_type(cpu: bool) -> str:
@@ -46,6 +48,10 @@ def create_accelerator(args: argparse.Namespace, project_dir: Optional[str] = No
     warning = emulated_bf16_warning(accelerator.mixed_precision, accelerator.device.type)
     if warning:
         accelerator.print(warning)
+    if accelerator.device.type == "cpu":
+        threads, why = choose_threads(args.threads, int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes)))
+        torch.set_num_threads(threads)
+        accelerator.print(f"{threads} CPU thread(s) per process ({why})")
     check_distributed_type(accelerator)
     launch_warning = single_cpu_process_warning(accelerator.num_processes)
     if launch_warning:
