@@ -3,53 +3,14 @@ import timm
 import torch
 
 from conftest import batch
-
-
-class SavedTensorMeter:
-    """Peak bytes of activation storage held for backward, via ``saved_tensors_hooks``.
-
-    Each saved tensor's storage is counted once while any saved reference to it is alive; the
-    reference dies when autograd frees the graph. Parameters are excluded (they are not activations).
-    """
-
-    def __init__(self, model: torch.nn.Module):
-        self.param_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
-        self.refs: dict[int, int] = {}
-        self.live = self.peak = 0
-
-    def pack(self, tensor):
-        ptr = tensor.untyped_storage().data_ptr()
-        if ptr in self.param_storages:
-            return tensor
-        return _Saved(tensor, ptr, self)
-
-    @staticmethod
-    def unpack(saved):
-        return saved.tensor if isinstance(saved, _Saved) else saved
-
-    def hooks(self):
-        return torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack)
-
-
-class _Saved:
-    def __init__(self, tensor, ptr, meter):
-        self.tensor, self.ptr, self.meter = tensor, ptr, meter
-        if meter.refs.get(ptr, 0) == 0:
-            meter.live += tensor.untyped_storage().nbytes()
-            meter.peak = max(meter.peak, meter.live)
-        meter.refs[ptr] = meter.refs.get(ptr, 0) + 1
-
-    def __del__(self):
-        refs = self.meter.refs
-        refs[self.ptr] -= 1
-        if refs[self.ptr] == 0:
-            self.meter.live -= self.tensor.untyped_storage().nbytes()
+from timm_local.bench import SavedTensorMeter
+from timm_local.local.split import measure_module_costs
 
 
 def peak_saved_bytes(name: str, **kwargs) -> int:
     model = timm.create_model(name, **kwargs)
     meter = SavedTensorMeter(model)
-    with meter.hooks():
+    with meter.measure():
         model.local_step(*batch(n=16))
     return meter.peak
 
@@ -65,7 +26,24 @@ def test_interleaved_step_holds_at_most_half_of_e2e_saved_activations():
 def test_joint_mode_saves_no_memory():
     model = timm.create_model("resnet110_infopro", num_local_modules=4)
     meter = SavedTensorMeter(model)
-    with meter.hooks():
+    with meter.measure():
         _, losses = model.forward_local(*batch(n=16))
         sum(losses).backward()
     assert meter.peak > 0.8 * peak_saved_bytes("resnet110_e2e")
+
+
+def test_mlaan_holds_two_modules_and_frees_everything_after_the_step():
+    """MLAAN (2 laminae) keeps modules k − 1 and k alive while module k trains: the step's peak is the largest
+    such pair, as the measured costs predict, and nothing saved outlives the step (the aux graphs, kept with
+    retain_graph for the cascade, included)."""
+    model = timm.create_model("resnet32_mlaan", num_local_modules=4, split="measured")
+    layout = model._describe(model.backbone)
+    costs = measure_module_costs(layout, model.method, model._probe, 10, model.mean, model.std)
+    bounds = list(zip((0, *model.cuts), (*model.cuts, layout.num_blocks)))
+    predicted = max(costs.module_bytes(*bounds[k]) + (costs.held_bytes(*bounds[k - 1]) if k else 0)
+                    for k in range(len(bounds)))
+    meter = SavedTensorMeter(model)
+    with meter.measure():
+        model.local_step(*batch(n=16))
+    assert meter.live == 0
+    assert abs(meter.peak / 16 - predicted) <= 0.05 * predicted

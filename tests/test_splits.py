@@ -55,3 +55,40 @@ def test_explicit_split_and_even_split():
 def test_tables_cover_the_papers_k():
     assert set(paper_splits(32)["paper"]) == {2, 3, 4, 8, 16}
     assert set(paper_splits(110)["paper"]) == {2, 3, 4, 8, 16, 32}
+
+
+def _pair_peak(costs, cuts):
+    bounds = list(zip((0, *cuts), (*cuts, costs.num_blocks)))
+    return max(costs.module_bytes(*bounds[k]) + (costs.held_bytes(*bounds[k - 1]) if k else 0)
+               for k in range(len(bounds)))
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_a_cascade_split_minimises_the_largest_pair_of_consecutive_modules(seed, k):
+    """For cascade methods (MLAAN holds modules k − 1 and k) the split's peak equals a brute force over every split."""
+    import itertools
+    import random
+
+    from timm_local.local.split import ModuleCosts
+
+    rng = random.Random(seed)
+    n = 9
+    costs = ModuleCosts(stem_bytes=rng.randint(1, 50), block_bytes=tuple(rng.randint(1, 50) for _ in range(n)),
+                        feature_bytes=tuple(rng.randint(1, 20) for _ in range(n + 1)),
+                        saved_by_producer=tuple(rng.random() < 0.5 for _ in range(n + 1)),
+                        aux_bytes=(0, *(rng.randint(0, 30) for _ in range(n - 1)), 0), first_module_aux=False,
+                        cascade_depth=2)
+    brute = min(_pair_peak(costs, cuts) for cuts in itertools.combinations(range(1, n), k - 1))
+    cuts = balanced_cuts(costs, k)
+    assert len(cuts) == k - 1 and _pair_peak(costs, cuts) == brute
+
+
+def test_mlaans_measured_split_holds_less_than_the_papers_split():
+    from timm_local.local.split import measure_module_costs
+
+    model = timm.create_model("resnet110_mlaan", num_local_modules=4, split="measured")
+    costs = measure_module_costs(model._describe(model.backbone), model.method, model._probe, 10, model.mean,
+                                 model.std)
+    assert costs.cascade_depth == 2 and not costs.first_module_aux and max(costs.aux_bytes) > 0
+    assert _pair_peak(costs, model.cuts) < 0.8 * _pair_peak(costs, paper_splits(110)["paper"][4])

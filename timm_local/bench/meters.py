@@ -42,12 +42,18 @@ def static_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
 
 
 class _Saved:
-    """One reference autograd holds to a saved tensor; counts its storage while any reference lives."""
+    """One reference autograd holds to a saved tensor; counts its storage while any reference lives.
+
+    It keeps ``tensor.detach()`` (same storage), not the tensor: a tensor saved by its own ``grad_fn`` (ReLU
+    saves its output) would otherwise make the cycle tensor → grad_fn → this object → tensor, which Python's
+    GC cannot see through autograd's C++ edges, so a graph kept with ``retain_graph=True`` and then dropped
+    (MLAAN's aux graphs) was never freed and counted until the process ended.
+    """
 
     __slots__ = ("tensor", "ptr", "meter")
 
     def __init__(self, tensor: torch.Tensor, ptr: int, meter: "SavedTensorMeter"):
-        self.tensor, self.ptr, self.meter = tensor, ptr, meter
+        self.tensor, self.ptr, self.meter = tensor.detach(), ptr, meter
         meter._acquire(ptr, tensor.untyped_storage().nbytes())
 
     def __del__(self):

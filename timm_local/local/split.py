@@ -5,12 +5,14 @@ strictly increasing tuple of K - 1 integers in [0, num_blocks - 1]. Module 0 alw
 ``cuts[0] == 0`` makes module 0 the stem alone (InfoPro's ResNet-32 K=16 table). Module k owns
 blocks ``cuts[k-1] .. cuts[k] - 1`` and the last module owns the rest plus the head.
 
-The automatic split minimises the largest module's *measured* peak: during the interleaved step
+The automatic split minimises the step's *measured* activation peak. During the interleaved step
 (``LocalNet.local_step``) module k's forward, aux nets and backward run while no other module holds
-a graph, so the step's activation peak is max_k of what module k keeps for backward. That is
-measured once per model (:func:`measure_module_costs`): the bytes autograd saves in every block
-run in sequence, the feature held at every possible boundary, and the method's own aux nets built
-and run at every possible boundary.
+a graph, so the peak is max_k of what module k keeps for backward; for methods whose losses span
+modules (MLAAN, ``cascade_depth`` L > 1) module k − 1's graph is still held while module k trains,
+so the peak is max_k of held(k − 1) + module(k) (for L > 2 the split still balances these pairs; the
+further held modules are not modelled). The costs are measured once per model
+(:func:`measure_module_costs`): the bytes autograd saves in every block run in sequence, the feature
+held at every possible boundary, and the method's own aux nets built and run at every possible boundary.
 """
 from __future__ import annotations
 
@@ -137,6 +139,8 @@ class ModuleCosts:
             ReLU does; a ViT block's residual add does not, so its next block saves it).
         aux_bytes: what the method's aux objective saves when a module ends at position p (its input
             excluded); entries 0 and n are 0 (the last module's head is part of the backbone).
+        first_module_aux: whether the first module has an aux objective (MLAAN's has none).
+        cascade_depth: the method's L: with L > 1 a step holds two consecutive modules' graphs.
     """
 
     stem_bytes: int
@@ -144,6 +148,8 @@ class ModuleCosts:
     feature_bytes: tuple[int, ...]
     saved_by_producer: tuple[bool, ...]
     aux_bytes: tuple[int, ...]
+    first_module_aux: bool = True
+    cascade_depth: int = 1
 
     @classmethod
     def from_probe(cls, probe: FeatureProbe) -> "ModuleCosts":
@@ -161,10 +167,18 @@ class ModuleCosts:
         = its input (held by the engine; already in the previous block's bytes only when that block
         saved it) + the bytes its blocks save + its output when no block of it saved it + its aux nets.
         """
+        total = self.held_bytes(start, end)
+        if end < self.num_blocks and (start > 0 or self.first_module_aux):
+            total += self.aux_bytes[end]
+        return total
+
+    def held_bytes(self, start: int, end: int) -> int:
+        """:meth:`module_bytes` without the aux nets: what the module's own graph holds, which a cascade method
+        keeps while the next module trains (its aux graph is freed before that)."""
         total = sum(self.block_bytes[start:end])
         total += self.stem_bytes if start == 0 else self.feature_bytes[start] * self.saved_by_producer[start]
         if end < self.num_blocks:
-            total += self.feature_bytes[end] * (not self.saved_by_producer[end]) + self.aux_bytes[end]
+            total += self.feature_bytes[end] * (not self.saved_by_producer[end])
         return total
 
 
@@ -181,9 +195,53 @@ def balanced_cuts(costs: Union[ModuleCosts, FeatureProbe], k: int) -> tuple[int,
         costs = ModuleCosts.from_probe(costs)
     n = costs.num_blocks
     cost = [[costs.module_bytes(i, j) if i < j else 0 for j in range(n + 1)] for i in range(n + 1)]
+    if costs.cascade_depth > 1 and k > 1:
+        held = [[costs.held_bytes(i, j) if i < j else 0 for j in range(n + 1)] for i in range(n + 1)]
+        return _pair_partition(cost, held, k)
     peak, _ = _partition(cost, k, max)
     _, cuts = _partition(cost, k, lambda done, c: done + c * c if c <= peak else float("inf"))
     return cuts
+
+
+def _pair_partition(cost: list[list[int]], held: list[list[int]], k: int) -> tuple[int, ...]:
+    """Cuts minimising max_k (held(k − 1) + cost(k)) over ``k`` non-empty runs (module 0: cost(0) alone).
+
+    As :func:`balanced_cuts`, two passes of one dynamic programme: the smallest achievable peak P*, then,
+    among splits whose every pair is at most P*, the smallest Σ_k cost_k² (without it, ties would leave
+    one-block modules between large ones).
+    """
+    peak, _ = _pairs(cost, held, k, lambda done, pair, run: max(done, pair))
+    _, cuts = _pairs(cost, held, k, lambda done, pair, run: done + run * run if pair <= peak else float("inf"))
+    return cuts
+
+
+def _pairs(cost: list[list[int]], held: list[list[int]], k: int,
+           combine: Callable[[float, int, int], float]) -> tuple[float, tuple[int, ...]]:
+    """best[m][i][j]: the optimum over m modules covering blocks 0..j−1 whose last module is i..j−1,
+    best[1][0][j] = combine(0, cost[0][j], cost[0][j]) and
+    best[m][i][j] = min over h < i of combine(best[m−1][h][i], held[h][i] + cost[i][j], cost[i][j]).
+    ``combine`` must be non-decreasing in its first argument. O(k·n³). Returns the optimum and its cuts.
+    """
+    n = len(cost) - 1
+    inf = float("inf")
+    best = [[[inf] * (n + 1) for _ in range(n + 1)] for _ in range(k + 1)]
+    back = [[[0] * (n + 1) for _ in range(n + 1)] for _ in range(k + 1)]
+    for j in range(1, n + 1):
+        best[1][0][j] = combine(0, cost[0][j], cost[0][j])
+    for m in range(2, k + 1):
+        for i in range(m - 1, n):
+            previous = [(best[m - 1][h][i], held[h][i], h) for h in range(m - 2, i) if best[m - 1][h][i] < inf]
+            for j in range(i + 1, n + 1):
+                for value, kept, h in previous:
+                    candidate = combine(value, kept + cost[i][j], cost[i][j])
+                    if candidate < best[m][i][j]:
+                        best[m][i][j], back[m][i][j] = candidate, h
+    i = min(range(n), key=lambda i: best[k][i][n])
+    value, cuts, j = best[k][i][n], [], n
+    for m in range(k, 1, -1):
+        cuts.append(i)
+        i, j = back[m][i][j], i
+    return value, tuple(reversed(cuts))
 
 
 def _partition(cost: list[list[int]], k: int, combine: Callable[[float, int], float]) -> tuple[float, tuple[int, ...]]:
@@ -277,26 +335,44 @@ def measure_module_costs(layout: BackboneLayout, method: LocalMethod, probe: Fea
             saved_by_producer.append(ptr in counter.seen and ptr not in seen_before)
     n = layout.num_blocks
     aux = [0] * (n + 1)
+    first_module_aux = True
     if num_classes > 0:
         ctx = LocalContext(image=image.detach(), target=torch.zeros(batch_size, dtype=torch.long, device=device),
                            mean=mean, std=std)
         measured: dict[tuple, int] = {}
         with torch.random.fork_rng(devices=[]):
             for p in range(1, n):
-                key = (probe.shapes[p], probe.shapes[p + 1], layout.block_stages[p - 1], layout.block_stages[p])
+                key = (p == 1, probe.shapes[p], probe.shapes[p + 1], layout.block_stages[p - 1],
+                       layout.block_stages[p])  # p = 1: only a first module ends there (see _aux_bytes)
                 if key not in measured:
                     measured[key] = _aux_bytes(layout, method, probe, num_classes, p, features[p], ctx)
                 aux[p] = measured[key]
+            first_module_aux = _objective_ending_at(layout, method, probe, num_classes, 1, first=True) is not None
     return ModuleCosts(stem_bytes=chain_bytes[0], block_bytes=tuple(chain_bytes[1:]),
                        feature_bytes=tuple(f.numel() * f.element_size() // batch_size for f in features),
-                       saved_by_producer=tuple(saved_by_producer), aux_bytes=tuple(aux))
+                       saved_by_producer=tuple(saved_by_producer), aux_bytes=tuple(aux),
+                       first_module_aux=first_module_aux, cascade_depth=method.cascade_depth)
+
+
+def _objective_ending_at(layout: BackboneLayout, method: LocalMethod, probe: FeatureProbe, num_classes: int,
+                         p: int, first: bool) -> Optional[nn.Module]:
+    """The objective ``method`` builds for a module ending at position ``p``: the first module of a plan cut at
+    p if ``first``, else the second module of a plan cut at p − 1 and p."""
+    cuts = (p,) if first else (p - 1, p)
+    plan = LocalPlan(layout=layout, cuts=cuts, probe=probe, num_classes=num_classes, split_kind="balanced")
+    return method.build_objectives(plan)[0 if first else 1]
 
 
 def _aux_bytes(layout: BackboneLayout, method: LocalMethod, probe: FeatureProbe, num_classes: int, p: int,
                feature: torch.Tensor, ctx: LocalContext) -> int:
-    """Bytes per sample the objective of a module ending at position ``p`` saves, its input excluded."""
-    plan = LocalPlan(layout=layout, cuts=(p,), probe=probe, num_classes=num_classes, split_kind="balanced")
-    objective = method.build_objectives(plan)[0]
+    """Bytes per sample the objective of a module ending at position ``p`` saves, its input excluded.
+
+    Measured on a module that is not the first where the method leaves the first one without an objective
+    (MLAAN): every later module ending at p has one.
+    """
+    objective = _objective_ending_at(layout, method, probe, num_classes, p, first=True)
+    if objective is None and p >= 2:
+        objective = _objective_ending_at(layout, method, probe, num_classes, p, first=False)
     if objective is None:
         return 0
     objective.to(device=feature.device, dtype=feature.dtype)
