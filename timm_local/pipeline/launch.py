@@ -1,7 +1,8 @@
 """Start N local processes of one command as a torch.distributed job (what torchrun does, minus its restarts).
 
-Unlike torchrun, a process that dies is not followed by SIGTERM to the others, so a caller (a test, the
-benchmark) sees how every stage itself reacts to a failed one.
+As under torchrun, the rendezvous store is served by the launching process (``TORCHELASTIC_USE_AGENT_STORE``),
+not by rank 0, so it outlives any worker. Unlike torchrun, a worker that dies is not followed by SIGTERM to the
+others, so a caller (a test, the benchmark) sees how every stage itself reacts to a failed one.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
+
+import torch.distributed as dist
 
 
 @dataclass
@@ -34,8 +37,10 @@ def run_local_job(command: Sequence[str], world_size: int, timeout_s: float,
 
     A process still running after ``timeout_s`` is killed (its return code is then negative).
     """
-    base = {**os.environ, **(env or {}), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
-            "WORLD_SIZE": str(world_size), "LOCAL_WORLD_SIZE": str(world_size)}
+    port = free_port()
+    store = dist.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False)  # noqa: F841 (kept alive)
+    base = {**os.environ, **(env or {}), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+            "WORLD_SIZE": str(world_size), "LOCAL_WORLD_SIZE": str(world_size), "TORCHELASTIC_USE_AGENT_STORE": "True"}
     deadline = time.monotonic() + timeout_s
     with tempfile.TemporaryDirectory(prefix="timm_local_job_") as logs:
         files = [(open(os.path.join(logs, f"{r}.out"), "w+"), open(os.path.join(logs, f"{r}.err"), "w+"))
