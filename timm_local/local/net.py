@@ -322,6 +322,41 @@ class LocalNet(nn.Module):
         return self._run(x, target, self.local_modules if modules is None else modules,
                          backward=backward or torch.Tensor.backward, label_smoothing=label_smoothing)
 
+    def local_step_range(self, h: torch.Tensor, x: torch.Tensor, target: torch.Tensor, start: int, stop: int,
+                         backward: Optional[Callable[[torch.Tensor], None]] = None,
+                         modules: Optional[Sequence[nn.Module]] = None, label_smoothing: float = 0.0) -> LocalStepOutput:
+        """:meth:`local_step` restricted to the contiguous modules ``start .. stop − 1``, from their input ``h``.
+
+        ``h`` is module ``start``'s input (the detached output of module ``start − 1``; ``x`` itself when
+        ``start = 0``) and ``x`` the step's image batch, which the objectives may read (InfoPro reconstructs
+        it). Each module runs exactly as in :meth:`local_step`, so ``local_step(x, y)`` equals
+        ``local_step_range`` over consecutive ranges chained by their outputs: what a pipeline stage runs
+        (:mod:`timm_local.pipeline`). Returns the detached output of module ``stop − 1`` (the logits when
+        ``stop = K``) and the losses of modules ``start .. stop − 1``. ``modules`` are the (prepared) modules of
+        the range. Losses that span modules (MLAAN) are refused here: a range would cut their cascade.
+        """
+        if not 0 <= start < stop <= len(self.local_modules):
+            raise ValueError(f"module range {start}..{stop - 1} is not within the {len(self.local_modules)} local modules")
+        if self.method.cascade_depth > 1:
+            raise ValueError(f"{self.method.name}'s losses span {self.method.cascade_depth} modules, so a range of "
+                             f"modules cannot be stepped on its own: call local_step on the whole model")
+        self._check_input(x, target)
+        modules = list(self.local_modules[start:stop] if modules is None else modules)
+        if len(modules) != stop - start:
+            raise ValueError(f"got {len(modules)} modules for the range {start}..{stop - 1}")
+        ctx = self._context(x, target, label_smoothing)
+        return LocalStepOutput(*self._run_modules(h, ctx, modules, start, backward or torch.Tensor.backward))
+
+    @torch.no_grad()
+    def forward_range(self, h: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """The plain inference path through modules ``start .. stop − 1`` (their backbone parts only).
+
+        Chained over consecutive ranges from ``x`` it is ``forward(x)``: stem → blocks → head.
+        """
+        for module in self.local_modules[start:stop]:
+            h = module.body(h)
+        return h
+
     def _check_input(self, x: torch.Tensor, target: torch.Tensor) -> None:
         if not self._trainable:
             raise ValueError("this model has no classifier (num_classes=0), so it has no local objectives: "
@@ -343,25 +378,33 @@ class LocalNet(nn.Module):
         if target.shape[0] != x.shape[0]:
             raise ValueError(f"target has {target.shape[0]} labels for a batch of {x.shape[0]} images")
 
+    def _context(self, x: torch.Tensor, target: torch.Tensor, label_smoothing: float) -> LocalContext:
+        mean, std = self._normalisation(x.device)
+        return LocalContext(image=x, target=target, mean=mean, std=std, label_smoothing=label_smoothing)
+
     def _run(self, x, target, modules, backward, label_smoothing=0.0):
         self._check_input(x, target)
         if len(modules) != len(self.local_modules):
             raise ValueError(f"got {len(modules)} modules for {len(self.local_modules)} local modules")
-        mean, std = self._normalisation(x.device)
-        ctx = LocalContext(image=x, target=target, mean=mean, std=std, label_smoothing=label_smoothing)
+        ctx = self._context(x, target, label_smoothing)
         depth = self.method.cascade_depth
         if depth > 1:  # losses that span modules (MLAAN): local/cascade.py
             if backward is None:
                 return LocalStepOutput(*run_joint(self, x, ctx, depth))
             return LocalStepOutput(*run_shared(self, x, ctx, modules, backward, depth))
-        autocast_cache = backward is not None and torch.is_autocast_enabled(x.device.type)
-        h, losses = x, []
-        last = len(modules) - 1
-        for k, module in enumerate(modules):
+        return LocalStepOutput(*self._run_modules(x, ctx, modules, 0, backward))
+
+    def _run_modules(self, h, ctx, modules, start, backward):
+        """Modules ``start, start + 1, ...`` (``modules``) in turn from input ``h``: forward, loss, and, in the
+        interleaved mode (``backward`` given), its backward and the detach. Returns ``(output, losses)``."""
+        autocast_cache = backward is not None and torch.is_autocast_enabled(h.device.type)
+        losses = []
+        last = len(self.local_modules) - 1
+        for k, module in enumerate(modules, start):
             if self.local_modules[k].objective is None:
                 with torch.no_grad():
                     h_out, loss = module(h, ctx)
-                loss = torch.zeros((), device=x.device)
+                loss = torch.zeros((), device=h.device)
             else:
                 h_out, loss = module(h, ctx)
                 if isinstance(loss, CascadeLoss):  # a cascade of one module: both parts reach module k only
@@ -373,7 +416,7 @@ class LocalNet(nn.Module):
                 torch.clear_autocast_cache()
             losses.append(loss)
             h = h_out.detach() if (k < last or backward is not None) else h_out
-        return LocalStepOutput(h, losses)
+        return h, losses
 
     def _normalisation(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """``mean`` and ``std`` as float32 tensors on ``device``, made once per device.
@@ -388,14 +431,16 @@ class LocalNet(nn.Module):
         return self._normalisation_tensors[key]
 
     @torch.no_grad()
-    def momentum_update(self) -> None:
+    def momentum_update(self, modules: Optional[Sequence[int]] = None) -> None:
         """Apply every momentum copy's EMA, θ ← m·θ + (1 − m)·θ_source, to parameters only.
 
         Call once per step before ``optimizer.step()`` (the references update with θ_{t−1};
-        METHODS.md §9 B8). Buffers (BN running statistics) are not averaged (§9 B9).
+        METHODS.md §9 B8). Buffers (BN running statistics) are not averaged (§9 B9). ``modules``: the
+        indices of the local modules whose copies to update (a pipeline stage's own); default all.
         """
         groups: dict[float, tuple[list, list]] = defaultdict(lambda: ([], []))
-        for module in self.local_modules:
+        chosen = range(len(self.local_modules)) if modules is None else modules
+        for module in (self.local_modules[k] for k in chosen):
             if module.objective is None:
                 continue
             for ema, source, m in module.objective.momentum_pairs():

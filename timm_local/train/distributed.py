@@ -115,34 +115,39 @@ class GradientSync:
     concatenated batch for losses that are means over the batch.
     """
 
-    def __init__(self, modules: Sequence[nn.Module], enabled: bool, bucket_numel: int = 1 << 24):
+    def __init__(self, modules: Sequence[nn.Module], enabled: bool, bucket_numel: int = 1 << 24,
+                 group: Optional[dist.ProcessGroup] = None):
+        """``group``: the processes to average over (default: all; a pipeline stage's replicas,
+        :mod:`timm_local.pipeline`); buffers come from its first rank."""
         self.enabled = enabled
         self.modules = list(modules)
         self.params = [p for m in modules for p in m.parameters() if p.requires_grad]
         self.buffers = [b for m in modules for b in m.buffers()]
         self.bucket_numel = bucket_numel
+        self.group = group
 
     def __call__(self) -> None:
         if not self.enabled:
             return
         grads = [p.grad for p in self.params if p.grad is not None]
-        world = dist.get_world_size()
+        world = dist.get_world_size(self.group)
         for bucket in _buckets(grads, self.bucket_numel):
             flat = torch.cat([g.reshape(-1) for g in bucket])
-            dist.all_reduce(flat)
+            dist.all_reduce(flat, group=self.group)
             flat.div_(world)
             _unflatten_into(flat, bucket)
         self._broadcast(self.buffers)
 
     def broadcast_parameters(self) -> None:
-        """Copy rank 0's parameters (momentum copies included) and buffers to every rank, as DDP does when wrapping."""
+        """Copy the first rank's parameters (momentum copies included) and buffers to every rank of the group, as DDP
+        does when wrapping."""
         self._broadcast([p.data for m in self.modules for p in m.parameters()] + self.buffers)
 
-    @staticmethod
-    def _broadcast(tensors: Sequence[torch.Tensor]) -> None:
+    def _broadcast(self, tensors: Sequence[torch.Tensor]) -> None:
+        src = 0 if self.group is None else dist.get_global_rank(self.group, 0)
         for bucket in _buckets([t for t in tensors if t.numel()], 1 << 24):
             flat = torch.cat([t.reshape(-1) for t in bucket])
-            dist.broadcast(flat, src=0)
+            dist.broadcast(flat, src=src, group=self.group)
             _unflatten_into(flat, bucket)
 
 
