@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from timm_local.sweep import SweepRunner, load_sweep, read_status
+from timm_local.sweep import load_sweep, read_status
 from timm_local.sweep.status import read_summary
 
 # Test error (%) at K=8 minus E2E's, ResNet-32 on CIFAR-10, from the papers' tables (docs/PUBLISHED_RESULTS.md):
@@ -112,13 +112,26 @@ def publish_run(run, folder: Path, reference: Optional[Path], args) -> dict:
     return record
 
 
-def table(sweep, output: Path) -> str:
+def run_folder(run, output: Path, bench_dir: Path) -> Path:
+    """The run's folder in the sweep's output, or, where that is gone (a later session on a fresh machine), the
+    record this script copied of it (``<bench-dir>/runs/<run>``: args.yaml, results.json, summary.csv)."""
+    live, record = output / run.name, bench_dir / "runs" / run.name
+    return record if not live.is_dir() and (record / "results.json").is_file() else live
+
+
+def is_record(folder: Path, bench_dir: Path) -> bool:
+    return folder.parent == bench_dir / "runs"
+
+
+def table(sweep, output: Path, bench_dir: Path) -> str:
     e2e = next((r for r in sweep.runs if method_of(r.config) == "e2e"), None)
-    e2e_top1 = read_status(e2e.name, output / e2e.name).top1_final if e2e else None
+    e2e_top1 = read_status(e2e.name, run_folder(e2e, output, bench_dir)).top1_final if e2e else None
     lines = ["| method | K | epochs | top-1 final | top-1 best | gap to our E2E | papers' gap (K=8, their recipe) | "
              "train img/s | peak MB | wall time | state |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for run, s in zip(sweep.runs, SweepRunner(sweep).statuses()):
+    statuses = [read_status(run.name, run_folder(run, output, bench_dir), run.config.get("epochs"))
+                for run in sweep.runs]
+    for run, s in zip(sweep.runs, statuses):
         method, k = method_of(run.config), run.config.get("model_kwargs", {}).get("num_local_modules", 1)
         gap = f"{s.top1_final - e2e_top1:+.2f}" if s.top1_final is not None and e2e_top1 is not None else ""
         paper = PAPER_K8.get(method)
@@ -144,13 +157,13 @@ def update_between_markers(readme: Path, text: str) -> None:
         readme.write_text(f"{head}{START}\n{text}\n{END}{rest.split(END, 1)[1]}")
 
 
-def plot(sweep, output: Path, path: Path) -> None:
+def plot(sweep, output: Path, bench_dir: Path, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for run in sweep.runs:
-        rows = read_summary(output / run.name)
+        rows = read_summary(run_folder(run, output, bench_dir))
         if rows:
             ax.plot([r["epoch"] + 1 for r in rows], [r["eval_top1"] for r in rows], marker="o", ms=3, label=run.name)
     ax.set_xlabel("epoch")
@@ -175,20 +188,25 @@ def main() -> None:
     sweep = load_sweep(args.sweep, output=args.output)
     output = sweep.output
     args.memory_json = memory_json(Path(args.memory_bench), Path(args.bench_dir) / "results" / "memory_bf16_cl.json")
+    bench = Path(args.bench_dir)
     e2e = next((r for r in sweep.runs if method_of(r.config) == "e2e"), None)
-    reference = output / e2e.name if e2e and read_status(e2e.name, output / e2e.name).state == "done" else None
+    e2e_folder = run_folder(e2e, output, bench) if e2e else None
+    reference = e2e_folder if e2e_folder and read_status(e2e.name, e2e_folder).state == "done" else None
     for run in sweep.runs:
-        if read_status(run.name, output / run.name).state != "done" or not run.hub_name:
+        folder = run_folder(run, output, bench)
+        if is_record(folder, bench):
+            print(f"{run.name}: published earlier ({folder}); kept as it is")
+            continue
+        if read_status(run.name, folder).state != "done" or not run.hub_name:
             print(f"{run.name}: not done; skipped")
             continue
-        record = publish_run(run, output / run.name, reference, args)
+        record = publish_run(run, folder, reference, args)
         print(f"{run.name}: exported {run.hub_name}; validate.py --pretrained reproduces top-1 "
               f"{record['full_test_top1_pretrained']:.2f}; first {FIRST_N}: {record['top1']:.2f}")
-    bench = Path(args.bench_dir)
-    (bench / "zoo.md").write_text(table(sweep, output) + "\n")
-    update_between_markers(bench / "README.md", table(sweep, output))
-    plot(sweep, output, bench / "zoo_top1.png")
-    print(table(sweep, output))
+    (bench / "zoo.md").write_text(table(sweep, output, bench) + "\n")
+    update_between_markers(bench / "README.md", table(sweep, output, bench))
+    plot(sweep, output, bench, bench / "zoo_top1.png")
+    print(table(sweep, output, bench))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="benchmark JSON with this model's and E2E's peak training memory "
                              "(format: see timm_local.hub.memory)")
     export.add_argument("--reference-run", default=None, metavar="E2E_RUN",
-                        help="the E2E run folder of the same recipe: its final top-1 goes on the card")
+                        help="the E2E run folder of the same recipe, or its record (args.yaml + results.json): "
+                             "its final top-1 goes on the card")
 
     push = commands.add_parser("push", help="upload an exported folder with huggingface_hub")
     push.add_argument("folder", help="hub_cards/<name>")

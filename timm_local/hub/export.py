@@ -31,7 +31,7 @@ from ..data.specs import get_dataset_spec
 from ..local import LocalNet
 from .card import build_card
 from .memory import compare_memory
-from .run import Run, load_run
+from .run import Run, load_reference_run, load_run
 from .settings import MAX_COMMITTED_WEIGHTS_MB, hub_cards_dir, hub_org
 from .stats import count_stats
 
@@ -103,7 +103,7 @@ def export_run(path: Union[str, Path], name: Optional[str] = None, hub_dir: Opti
     folder.mkdir(parents=True, exist_ok=True)
     weights = write_weights(model, folder)
     write_config(model, run, folder, tag)
-    reference = load_run(reference_run) if reference_run is not None else None
+    reference = load_reference_run(reference_run) if reference_run is not None else None
     card = build_card(name, f"{hub_org()}/{name}", model, run, count_stats(model), memory, reference)
     card.save(folder / "README.md")
     if weights.stat().st_size > MAX_COMMITTED_WEIGHTS_MB * 2**20:

@@ -77,6 +77,21 @@ def load_run(path: Union[str, Path]) -> Run:
     )
 
 
+def load_reference_run(path: Union[str, Path]) -> Run:
+    """The E2E run a card compares with: a run folder (:func:`load_run`), or, once its weights are gone, the
+    record a sweep report keeps of it (``args.yaml`` + ``results.json``), since a card states only its results."""
+    path = Path(path)
+    if not path.is_dir() or (path / LAST_CHECKPOINT).is_file():
+        return load_run(path)
+    args, results = _read_yaml(path / "args.yaml"), _read_json(path / "results.json")
+    if not args or not results or "model" not in args:
+        raise FileNotFoundError(f"{path}: neither a run folder with {LAST_CHECKPOINT} nor a finished run's record "
+                                f"(args.yaml naming the model, and results.json)")
+    return Run(checkpoint_path=path, arch=split_model_name_tag(args["model"])[0], dataset=args["dataset"],
+               model_kwargs=dict(args.get("model_kwargs") or {}), args=args, results=results, state_dict={},
+               epoch=int(results["epochs"]) - 1, top1=results.get("top1_final"))
+
+
 def _read_yaml(path: Path) -> Optional[dict]:
     if not path.is_file():
         return None
