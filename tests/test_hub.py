@@ -24,7 +24,7 @@ from timm_local.hub.__main__ import main
 from timm_local.hub.card import build_card
 from timm_local.hub.export import export_run, ignore_in_git, rebuild_model
 from timm_local.hub.push import push_folder
-from timm_local.hub.run import load_run
+from timm_local.hub.run import load_reference_run, load_run
 from timm_local.hub.stats import count_stats
 from timm_local.hub.table import END, START, published_table, update_readme
 
@@ -304,3 +304,19 @@ def test_export_holds_the_backbone_parameters_only(exported):
     assert backbone == count_stats(model).params < sum(p.numel() for p in model.parameters())
     loaded = timm.create_model(f"local-dir:{exported['folder']}", pretrained=True)
     assert sum(p.numel() for p in loaded.backbone.parameters()) == backbone
+
+
+def test_the_e2e_reference_may_be_a_finished_runs_record_without_weights(exported, tmp_path):
+    """A later session on a fresh machine has only the record the sweep report copied (args.yaml, results.json)."""
+    record = tmp_path / "resnet32_e2e-k1"
+    record.mkdir()
+    args = yaml.safe_load((exported["run"] / "args.yaml").read_text())
+    (record / "args.yaml").write_text(yaml.safe_dump({**args, "model": "resnet32_e2e", "model_kwargs": {}}))
+    results = json.loads((exported["run"] / "results.json").read_text())
+    (record / "results.json").write_text(json.dumps({**results, "model": "resnet32_e2e", "top1_final": 77.25}))
+    hub_dir = tmp_path / "hub_cards"
+    assert main(["export", str(exported["run"]), "--hub-dir", str(hub_dir), "--reference-run", str(record)]) == 0
+    card = (hub_dir / NAME / "README.md").read_text()
+    assert "77.25" in card and "resnet32_e2e" in card
+    with pytest.raises(FileNotFoundError, match="neither a run folder with last.pth.tar nor a finished run's record"):
+        load_reference_run(tmp_path)
