@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import itertools
 import os
 from typing import Iterable, Optional
@@ -9,7 +10,7 @@ from typing import Iterable, Optional
 import timm
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import InitProcessGroupKwargs, set_seed
 from timm.data import Mixup
 from timm.utils import ModelEmaV3
 
@@ -27,11 +28,15 @@ def expected_device_type(cpu: bool) -> str:
     return "cpu" if cpu or not torch.cuda.is_available() else "cuda"
 
 
-def create_accelerator(args: argparse.Namespace, project_dir: Optional[str] = None) -> Accelerator:
+def create_accelerator(args: argparse.Namespace, project_dir: Optional[str] = None,
+                       timeout_s: Optional[float] = None) -> Accelerator:
     """An Accelerator for ``args`` (mixed precision: the flag, else the launcher's), seeded identically on every rank.
 
     ``--mixed-precision auto`` and timm's ``--amp [--amp-dtype]`` are resolved here (:mod:`timm_local.precision`)
     and written back to ``args.mixed_precision``, so args.yaml records what ran.
+
+    ``timeout_s``: how long a collective may block before it fails (default: torch's; a pipelined run uses
+    ``--pipeline-timeout``, so a stage that died cannot leave the others waiting in a collective for long).
 
     Every rank uses the same seed so that models are built identically (DDP broadcasts rank 0's
     weights anyway); the data loaders derive their per-rank randomness from (seed, epoch, rank, batch).
@@ -40,8 +45,9 @@ def create_accelerator(args: argparse.Namespace, project_dir: Optional[str] = No
     if args.amp:
         args.mixed_precision = resolve_amp(args.amp_dtype, device_type)
     args.mixed_precision = resolve_mixed_precision(args.mixed_precision, device_type)
+    handlers = [InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=timeout_s))] if timeout_s else None
     accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=args.cpu, log_with=args.log_with or None,
-                              project_dir=project_dir, dynamo_backend=args.torchcompile)
+                              project_dir=project_dir, dynamo_backend=args.torchcompile, kwargs_handlers=handlers)
     if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise ValueError("fp16 mixed precision needs a GPU (on the CPU Accelerate would silently train in fp32): "
                          "use --mixed-precision bf16 (supported on the CPU) or no")
@@ -117,17 +123,21 @@ def create_local_model(args: argparse.Namespace, accelerator: Accelerator) -> Lo
     return model
 
 
-def build_data(args: argparse.Namespace, accelerator: Accelerator) -> Loaders:
+def build_data(args: argparse.Namespace, accelerator: Accelerator, shard: Optional[tuple[int, int]] = None) -> Loaders:
     """This rank's train and eval loaders (they shard and place batches themselves; not ``prepare``d).
+
+    ``shard``: ``(index, count)`` of this process's data shard (default: its rank of the processes); a
+    pipelined run's stages read shard ``replica`` of D.
 
     With mixup / cutmix the last partial training batch is dropped, as timm's loader does: timm's ``Mixup``
     pairs each image with its mirror in the batch and needs an even batch size.
     """
     spec = get_dataset_spec(args.dataset)
+    rank, world_size = shard if shard is not None else (accelerator.process_index, accelerator.num_processes)
     return build_loaders(
         spec.name, args.data_dir, args.batch_size, args.validation_batch_size, accelerator.device,
         max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
-        rank=accelerator.process_index, world_size=accelerator.num_processes, seed=args.seed,
+        rank=rank, world_size=world_size, seed=args.seed,
         channels_last=args.channels_last, workers=args.workers, drop_last=mixup_enabled(args),
         image_size=None if spec.in_memory else args.model_kwargs.get("img_size"))
 
