@@ -21,6 +21,7 @@ from ..local import LocalNet, LocalStepOutput
 from .args import parse_args
 from .distributed import GradientSync, prepare_local_modules
 from .metrics import LossMonitor, NonFiniteLossError, evaluate
+from ..pipeline.link import PipelineError
 from .optim import create_optimizer, create_scheduler
 from .resume import ResumeState, finished_results, load_resume_state, restore_rng, resume_training
 from .run_folder import LAST, RunFolder, count_summary_rows
@@ -98,6 +99,9 @@ def train(args: argparse.Namespace) -> dict:
         return finished
     run = RunFolder(args)  # <output>/<experiment>, the same on every rank, locked by this run
     try:
+        if args.pipeline:
+            from .pipelined import train_pipelined  # here: timm_local.pipeline imports this package's modules
+            return train_pipelined(run, args, state)
         return _train_in(run, args, state)
     finally:
         run.release()
@@ -171,5 +175,6 @@ def resume_hint(args: argparse.Namespace, error: BaseException) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """``python train.py [--config file.yaml] [flags]``: see ``--help``. Expected errors are one line (``--debug``)."""
     args = parse_args(argv)
+    # a pipelined process leaves at once after an error: the other stages may be gone (docs/PIPELINE.md §4)
     run_command(lambda: train(args), debug=args.debug, recovery=lambda error: resume_hint(args, error),
-                stopped=(NonFiniteLossError,))
+                stopped=(NonFiniteLossError, PipelineError), abandon=(Exception, KeyboardInterrupt) if args.pipeline else ())
