@@ -59,9 +59,9 @@ def train_pipelined(run: RunFolder, args: argparse.Namespace, state: Optional[Re
         data.train.set_epoch(epoch)  # the epoch's shuffle and augmentation: a function of (seed, epoch, shard)
         model.train()
         run.start_epoch_timer()
-        batches = tqdm(data.train, desc=f"epoch {epoch + 1}/{args.epochs}", dynamic_ncols=True,
-                       disable=not accelerator.is_main_process) if layout.is_first else None
-        stats = stage.train_epoch(batches)  # a NaN/inf loss or a failed stage raises PipelineError on every rank
+        with tqdm(data.train, desc=f"epoch {epoch + 1}/{args.epochs}", dynamic_ncols=True,
+                  disable=not accelerator.is_main_process) as progress:  # closed also when the epoch fails
+            stats = stage.train_epoch(progress if layout.is_first else None)  # a NaN or a failed stage: PipelineError
         train_time = run.stop_epoch_timer()
         totals = stage.evaluate(data.eval if layout.is_first else None)
         with exchange_failures(stage, epoch):
