@@ -139,6 +139,26 @@ def test_a_pipelined_checkpoint_validates_and_exports_unchanged(runs, tmp_path, 
     assert any((p / "model.safetensors").is_file() for p in tmp_path.iterdir())
 
 
+def test_two_stages_two_replicas_equal_plain_ddp_on_two_processes(tmp_path, data_dir):
+    """``torchrun --nproc_per_node 4 train.py --pipeline 2``: 2 stages x 2 replicas against 2-process DDP.
+
+    Both give replica / rank d data shard d of 2 and average each module's gradients over the two; in both,
+    each replica's BatchNorm normalises with its own shard's statistics and the checkpoint holds the first
+    replica's running statistics, so the checkpoints must be equal (they are bit for bit here). The eval loss
+    is not compared: DDP's rank 1 evaluates with its own running statistics, a pipeline's replicas with the
+    stage's first replica's (broadcast after every step, as GradientSync does), i.e. the checkpoint's."""
+    assert_ok(launch(tmp_path, data_dir, "s2d2", "--pipeline", "2", world_size=4, timeout=300))
+    assert_ok(launch(tmp_path, data_dir, "ddp2", timeout=200))
+    pipe = torch.load(tmp_path / "s2d2" / "last.pth.tar", weights_only=True)
+    ddp = torch.load(tmp_path / "ddp2" / "last.pth.tar", weights_only=True)
+    assert max_diff(pipe["state_dict"], ddp["state_dict"]) <= 1e-6
+    (row,), (ref,) = summary_rows(tmp_path / "s2d2"), summary_rows(tmp_path / "ddp2")
+    for key in ("train_loss_m0", "train_loss_m1", "eval_top1", "lr"):
+        assert float(row[key]) == pytest.approx(float(ref[key]), rel=1e-6), key
+    results = json.loads((tmp_path / "s2d2" / "results.json").read_text())
+    assert results["pipeline"]["replicas"] == 2 and results["world_size"] == 4
+
+
 # ---------------------------------------------------------------------------------------------- errors
 @pytest.mark.parametrize("extra,world,message", [
     (["--pipeline", "3"], "2", "--pipeline 3 on 2 process(es): the process count must be a multiple of the stage count"),
