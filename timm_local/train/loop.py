@@ -97,12 +97,15 @@ def train(args: argparse.Namespace) -> dict:
         print(f"nothing to do: {args.resume} has finished all {state.epoch} epochs (results.json is there); "
               f"give --epochs {state.epoch + 1} or more to train longer")
         return finished
+    loop = _train_in
+    if args.pipeline:  # the pipelined loop (imported here: timm_local.pipeline imports this package's modules)
+        from .pipelined import join_pipeline_processes, train_pipelined
+
+        join_pipeline_processes(args)
+        loop = train_pipelined
     run = RunFolder(args)  # <output>/<experiment>, the same on every rank, locked by this run
     try:
-        if args.pipeline:
-            from .pipelined import train_pipelined  # here: timm_local.pipeline imports this package's modules
-            return train_pipelined(run, args, state)
-        return _train_in(run, args, state)
+        return loop(run, args, state)
     finally:
         run.release()
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 from typing import Any, Optional
 
 import torch.distributed as dist
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from tqdm.auto import tqdm
 
 from ..pipeline import PipelineError, PipelineStage, StageStats, create_stage, process_layout
@@ -30,7 +31,7 @@ from .setup import build_data, create_accelerator, create_local_model
 
 def train_pipelined(run: RunFolder, args: argparse.Namespace, state: Optional[ResumeState]) -> dict:
     """Train ``args.model`` as ``args.pipeline`` stages; write the run folder from the writer rank."""
-    accelerator = create_accelerator(args, project_dir=run.dir, timeout_s=args.pipeline_timeout)
+    accelerator = create_accelerator(args, project_dir=run.dir)
     check_pipeline_precision(accelerator)
     layout = process_layout(args.pipeline, accelerator.num_processes, accelerator.process_index)
     model = create_local_model(args, accelerator)
@@ -79,6 +80,13 @@ def train_pipelined(run: RunFolder, args: argparse.Namespace, state: Optional[Re
         scheduler.step(epoch + 1, summary.metrics["eval_top1"])  # timm's convention (plateau needs the metric)
 
     return run.finish()
+
+
+def join_pipeline_processes(args: argparse.Namespace) -> None:
+    """Join the launcher's process group before anything else talks to the other ranks (the run folder does), with
+    ``--pipeline-timeout`` as its timeout: a collective waiting for a stage that died or hangs then fails as its
+    links' waits do, instead of after torch's default 30 minutes."""
+    PartialState(cpu=args.cpu, timeout=datetime.timedelta(seconds=args.pipeline_timeout))
 
 
 def check_pipeline_precision(accelerator: Accelerator) -> None:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import datetime
 import itertools
 import os
 from typing import Iterable, Optional
@@ -10,7 +9,7 @@ from typing import Iterable, Optional
 import timm
 import torch
 from accelerate import Accelerator
-from accelerate.utils import InitProcessGroupKwargs, set_seed
+from accelerate.utils import set_seed
 from timm.data import Mixup
 from timm.utils import ModelEmaV3
 
@@ -28,15 +27,11 @@ def expected_device_type(cpu: bool) -> str:
     return "cpu" if cpu or not torch.cuda.is_available() else "cuda"
 
 
-def create_accelerator(args: argparse.Namespace, project_dir: Optional[str] = None,
-                       timeout_s: Optional[float] = None) -> Accelerator:
+def create_accelerator(args: argparse.Namespace, project_dir: Optional[str] = None) -> Accelerator:
     """An Accelerator for ``args`` (mixed precision: the flag, else the launcher's), seeded identically on every rank.
 
     ``--mixed-precision auto`` and timm's ``--amp [--amp-dtype]`` are resolved here (:mod:`timm_local.precision`)
     and written back to ``args.mixed_precision``, so args.yaml records what ran.
-
-    ``timeout_s``: how long a collective may block before it fails (default: torch's; a pipelined run uses
-    ``--pipeline-timeout``, so a stage that died cannot leave the others waiting in a collective for long).
 
     Every rank uses the same seed so that models are built identically (DDP broadcasts rank 0's
     weights anyway); the data loaders derive their per-rank randomness from (seed, epoch, rank, batch).
@@ -45,9 +40,8 @@ def create_accelerator(args: argparse.Namespace, project_dir: Optional[str] = No
     if args.amp:
         args.mixed_precision = resolve_amp(args.amp_dtype, device_type)
     args.mixed_precision = resolve_mixed_precision(args.mixed_precision, device_type)
-    handlers = [InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=timeout_s))] if timeout_s else None
     accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=args.cpu, log_with=args.log_with or None,
-                              project_dir=project_dir, dynamo_backend=args.torchcompile, kwargs_handlers=handlers)
+                              project_dir=project_dir, dynamo_backend=args.torchcompile)
     if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise ValueError("fp16 mixed precision needs a GPU (on the CPU Accelerate would silently train in fp32): "
                          "use --mixed-precision bf16 (supported on the CPU) or no")
