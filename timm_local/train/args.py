@@ -335,6 +335,10 @@ def _check_pipeline(args: argparse.Namespace, parser: argparse.ArgumentParser) -
     if args.pipeline < 1:
         parser.error(f"--pipeline {args.pipeline}: give a number of stages >= 1 (leave it out to train without stages)")
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        parser.error(f"--pipeline {args.pipeline} in a single process: launch S x D processes, e.g. torchrun "
+                     f"--nproc_per_node {max(args.pipeline, 2)} train.py ... --pipeline {max(args.pipeline, 2)} (or "
+                     f"accelerate launch --multi_gpu --num_processes N), or drop --pipeline to train in this process")
     if world % args.pipeline:
         parser.error(f"--pipeline {args.pipeline} on {world} process(es): the process count must be a multiple of the "
                      f"stage count (S stages x D replicas); launch {args.pipeline} (or {2 * args.pipeline}, ...) "

@@ -26,7 +26,7 @@ from .optim import create_optimizer, create_scheduler
 from .outputs import peak_memory_mb
 from .resume import ResumeState, announce_resume, restore_rng
 from .run_folder import RunFolder, summary_row
-from .setup import build_data, create_accelerator, create_local_model
+from .setup import build_data, create_accelerator, create_local_model, measure_loader
 
 
 def train_pipelined(run: RunFolder, args: argparse.Namespace, state: Optional[ResumeState]) -> dict:
@@ -53,6 +53,9 @@ def train_pipelined(run: RunFolder, args: argparse.Namespace, state: Optional[Re
                       f"replica(s), run folder written by rank {layout.writer_rank}")
     run.extra_results["pipeline"] = {"stages": layout.num_stages, "replicas": layout.replicas,
                                      "cuts": list(stage.plan.cuts), "plan": stage.plan.describe()}
+    speed = [measure_loader(data.train, args.bench_loader_batches, accelerator.device) if layout.rank == 0 else None]
+    dist.broadcast_object_list(speed, src=0)  # stage 0's loader feeds the pipeline; every rank reports it
+    run.loader_batches_per_sec = speed[0]
     restore_rng(state, accelerator)
 
     for epoch in range(run.start_epoch, args.epochs):
