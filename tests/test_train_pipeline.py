@@ -86,6 +86,10 @@ def runs(tmp_path_factory, data_dir):
     shutil.copytree(out / "single", out / "single_epoch1")
     AcceleratorState._reset_state(reset_partial_state=True)
     train(parse_args(flags(out, data_dir, "single", "--epochs", "2", "--resume", str(out / "single" / "last.pth.tar"))))
+    shutil.copytree(out / "pipe_epoch1", out / "pipe_then_single")  # a pipelined checkpoint, resumed in one process
+    AcceleratorState._reset_state(reset_partial_state=True)
+    train(parse_args(flags(out, data_dir, "pipe_then_single", "--epochs", "2", "--resume",
+                           str(out / "pipe_then_single" / "last.pth.tar"))))
     return out, first, seconds
 
 
@@ -126,6 +130,16 @@ def test_pipelined_weights_equal_the_single_process_run(runs, epoch):
     assert epoch == 1 or max_diff(start, pipe["state_dict"]) > 1e-4  # the 2nd epoch trained
 
 
+def test_a_pipelined_checkpoint_resumes_without_pipeline(runs):
+    """The gathered state is the single-process layout: resumed by a single-process run, it continues exactly."""
+    out, _, _ = runs
+    resumed = torch.load(out / "pipe_then_single" / "last.pth.tar", weights_only=True)
+    single = torch.load(out / "single" / "last.pth.tar", weights_only=True)
+    assert resumed["epoch"] == 1 and max_diff(resumed["state_dict"], single["state_dict"]) <= 1e-6
+    results = json.loads((out / "pipe_then_single" / "results.json").read_text())
+    assert results["resumes"] == [{"epoch": 1, "changed": {"pipeline": [2, None]}}]
+
+
 def test_a_pipelined_checkpoint_validates_and_exports_unchanged(runs, tmp_path, data_dir):
     from timm_local.hub.__main__ import main as hub_main
     from timm_local.validate import main as validate_main
@@ -163,6 +177,7 @@ def test_two_stages_two_replicas_equal_plain_ddp_on_two_processes(tmp_path, data
 @pytest.mark.parametrize("extra,world,message", [
     (["--pipeline", "3"], "2", "--pipeline 3 on 2 process(es): the process count must be a multiple of the stage count"),
     (["--pipeline", "0"], "2", "--pipeline 0: give a number of stages >= 1"),
+    (["--pipeline", "1"], "1", "--pipeline 1 in a single process: launch S x D processes"),
     (["--pipeline-cuts", "1"], "1", "--pipeline-cuts needs --pipeline S"),
     (["--pipeline", "2", "--pipeline-cuts", "1", "2"], "2", "makes 3 stages but --pipeline asks for 2: give 1 module"),
     (["--pipeline", "2", "--grad-accum-steps", "2"], "2", "--grad-accum-steps is not supported with --pipeline"),
@@ -184,18 +199,35 @@ def test_default_lr_follows_the_replicas_of_a_stage(tmp_path, data_dir, monkeypa
     assert parse_args(common + ["--pipeline", "2"]).lr == pytest.approx(parse_args(common).lr / 2)
 
 
+def test_fp16_is_refused_under_pipeline():
+    from types import SimpleNamespace
+
+    from timm_local.train.pipelined import check_pipeline_precision
+
+    with pytest.raises(ValueError, match="--pipeline does not support fp16 mixed precision .*use --mixed-precision bf16"):
+        check_pipeline_precision(SimpleNamespace(mixed_precision="fp16"))
+    check_pipeline_precision(SimpleNamespace(mixed_precision="bf16"))
+
+
 def error_lines(result):
     return [line for line in result.stderr.splitlines() if line.startswith("error:")]
 
 
-def test_more_stages_than_modules_is_one_line_on_every_rank(tmp_path, data_dir):
-    results = launch(tmp_path, data_dir, "too_many", "--pipeline", "2", "--model-kwargs", "num_local_modules=1",
-                     timeout=120)
+@pytest.mark.parametrize("extra,message", [
+    (["--model-kwargs", "num_local_modules=1"],
+     "error: --pipeline 2 asks for 2 stages but the model has 1 local modules, and each stage needs at least one: use "
+     "--pipeline 1 or fewer, or more local modules (--model-kwargs num_local_modules=2)"),
+    (["--model", "resnet32_mlaan"],
+     "error: mlaan's cascaded loss of module 1 spans modules 0..1, across the stage boundary before module 1; a "
+     "pipeline sends no gradient back to a previous stage and every boundary of this model is crossed by such a "
+     "loss (laminae=2), so no --pipeline-cuts avoids it: train mlaan without --pipeline (data-parallel), or with "
+     "--model-kwargs laminae=1"),
+], ids=["more_stages_than_modules", "mlaan"])
+def test_a_plan_the_model_cannot_run_is_one_line_on_every_rank(tmp_path, data_dir, extra, message):
+    results = launch(tmp_path, data_dir, "refused", "--pipeline", "2", *extra, timeout=120)
     for r in results:
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
-        assert error_lines(r) == ["error: --pipeline 2 asks for 2 stages but the model has 1 local modules, and each "
-                                  "stage needs at least one: use --pipeline 1 or fewer, or more local modules "
-                                  "(--model-kwargs num_local_modules=2)"]
+        assert error_lines(r) == [message]
 
 
 def test_a_nan_loss_stops_every_stage_in_one_line_naming_stage_module_and_step(tmp_path, data_dir):
