@@ -137,7 +137,7 @@ def test_a_pipelined_checkpoint_resumes_without_pipeline(runs):
     single = torch.load(out / "single" / "last.pth.tar", weights_only=True)
     assert resumed["epoch"] == 1 and max_diff(resumed["state_dict"], single["state_dict"]) <= 1e-6
     results = json.loads((out / "pipe_then_single" / "results.json").read_text())
-    assert results["resumes"] == [{"epoch": 1, "changed": {"pipeline": [2, None]}}]
+    assert results["resumes"] == [{"epoch": 1, "changed": {"epochs": [1, 2], "pipeline": [2, None]}}]
 
 
 def test_a_pipelined_checkpoint_validates_and_exports_unchanged(runs, tmp_path, data_dir):
@@ -207,6 +207,20 @@ def test_fp16_is_refused_under_pipeline():
     with pytest.raises(ValueError, match="--pipeline does not support fp16 mixed precision .*use --mixed-precision bf16"):
         check_pipeline_precision(SimpleNamespace(mixed_precision="fp16"))
     check_pipeline_precision(SimpleNamespace(mixed_precision="bf16"))
+
+
+def test_a_plan_no_measurement_could_fix_is_refused_before_measuring():
+    """rank 0 would otherwise measure first, and MLAAN's module ranges cannot be stepped on their own."""
+    import timm
+
+    from timm_local.pipeline.build import check_plan_possible
+
+    mlaan = timm.create_model("resnet32_mlaan", num_local_modules=2)
+    with pytest.raises(ValueError, match="mlaan's cascaded loss of module 1 spans modules 0..1"):
+        check_plan_possible(mlaan, 2, None)
+    check_plan_possible(mlaan, 1, None)
+    with pytest.raises(ValueError, match="--pipeline 3 asks for 3 stages but the model has 2 local modules"):
+        check_plan_possible(timm.create_model("resnet32_dgl", num_local_modules=2), 3, None)
 
 
 def error_lines(result):
