@@ -7,6 +7,7 @@ bad checkpoints, a full disk, out of memory, Ctrl-C) into one line on stderr and
 from __future__ import annotations
 
 import errno
+import os
 import sys
 from typing import Callable, TypeVar
 
@@ -50,10 +51,13 @@ def describe(error: BaseException, recovery: str = "",
 
 def run_command(body: Callable[[], T], debug: bool = False,
                 recovery: Callable[[BaseException], str] = lambda error: "",
-                stopped: tuple[type[BaseException], ...] = ()) -> T:
+                stopped: tuple[type[BaseException], ...] = (),
+                abandon: tuple[type[BaseException], ...] = ()) -> T:
     """``body()``; an expected error becomes one line on stderr and ``sys.exit(code)`` (see :func:`describe`).
 
-    ``recovery(error)`` says how to continue after a run stopped part-way.
+    ``recovery(error)`` says how to continue after a run stopped part-way. After an error of an ``abandon``
+    type (a failed pipeline stage) the process leaves with ``os._exit(code)`` once the line is written: its
+    peers may be gone, and the interpreter's shutdown could wait on the process group they left.
     """
     try:
         return body()
@@ -63,5 +67,8 @@ def run_command(body: Callable[[], T], debug: bool = False,
         message, code = describe(error, "" if isinstance(error, BAD_INPUT) else recovery(error), stopped)
         if not code:
             raise
-        print(message, file=sys.stderr)
+        print(message, file=sys.stderr, flush=True)
+        if isinstance(error, abandon):
+            sys.stdout.flush()
+            os._exit(code)
         sys.exit(code)

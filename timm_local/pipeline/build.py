@@ -8,7 +8,8 @@ import torch.distributed as dist
 
 from ..local import LocalNet
 from .layout import ProcessLayout, process_layout, stage_group
-from .plan import ModuleCost, StagePlan, measure_module_costs, resolve_plan
+from .link import PipelineError
+from .plan import ModuleCost, StagePlan, balanced_plan, check_pipeline_method, measure_module_costs, resolve_plan
 from .stage import PipelineStage
 
 
@@ -17,12 +18,33 @@ def agree_on_plan(model: LocalNet, num_stages: int, cuts: Optional[Sequence[int]
     """The stage plan every rank uses: ``cuts`` if given, else balanced on the module costs rank 0 measures on
     ``probe_batch`` (timings differ between processes, so only one measures) and broadcasts. The costs are
     measured also with ``cuts`` given when ``probe_batch`` is, to report the balance."""
+    check_plan_possible(model, num_stages, cuts)
     costs = None
     if probe_batch is not None:
-        box = [measure_module_costs(model, *probe_batch) if dist.get_rank() == 0 else None]
+        box, failure = [None], None
+        if dist.get_rank() == 0:
+            try:
+                box = [measure_module_costs(model, *probe_batch)]
+            except Exception as error:  # noqa: BLE001 - every rank must leave the broadcast, then rank 0 re-raises
+                failure = error
+                box = [f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"]
         dist.broadcast_object_list(box, src=0)
+        if failure is not None:
+            raise failure
+        if isinstance(box[0], str):
+            raise PipelineError(f"rank {dist.get_rank()}: rank 0 failed to measure the module costs for the stage plan "
+                                f"({box[0]}); see its log, or give --pipeline-cuts")
         costs = box[0]
     return resolve_plan(model, num_stages, cuts, costs), costs
+
+
+def check_plan_possible(model: LocalNet, num_stages: int, cuts: Optional[Sequence[int]]) -> None:
+    """Refuse, before anything is measured, what no measurement could fix: more stages than modules, bad cuts, a
+    method whose losses cross every boundary (MLAAN; measuring would step module ranges it cannot step alone)."""
+    if cuts is not None:
+        resolve_plan(model, num_stages, cuts, None)
+    elif num_stages > 1:
+        check_pipeline_method(model, balanced_plan([1.0] * model.num_local_modules, num_stages))
 
 
 def create_stage(model: LocalNet, optimizer: torch.optim.Optimizer, num_stages: int, device: torch.device,

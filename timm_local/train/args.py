@@ -149,6 +149,18 @@ def build_parser() -> argparse.ArgumentParser:
                             "schedule) and checkpoints hold it as state_dict_ema")
     group.add_argument("--model-ema-decay", type=float, default=0.9998, help="decay of --model-ema")
 
+    group = parser.add_argument_group("Pipelined stages (docs/PIPELINE.md)")
+    group.add_argument("--pipeline", type=int, default=None, metavar="S",
+                       help="run the K local modules as S pipeline stages, one process each (S x D processes: each "
+                            "stage data-parallel over D replicas); -b is then per replica; default: off")
+    group.add_argument("--pipeline-cuts", type=int, nargs="+", default=None, metavar="C",
+                       help="the first module of every stage after the first (S - 1 increasing indices in 1..K-1); "
+                            "default: cuts balanced by each module's step time, measured on rank 0")
+    group.add_argument("--pipeline-timeout", type=float, default=300.0,
+                       help="seconds any wait for another stage (and any collective) may block before the run stops")
+    group.add_argument("--pipeline-in-flight", type=int, default=2,
+                       help="micro-batches a stage may have sent but the next stage not yet received (memory bound)")
+
     group = parser.add_argument_group("Run")
     group.add_argument("--threads", type=int, default=None,
                        help="CPU intra-op threads per process (default: OMP_NUM_THREADS if set, else the cores free "
@@ -285,6 +297,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.warmup_lr is None:
         args.warmup_lr = DEFAULT_WARMUP_LR.get(args.sched, TIMM_WARMUP_LR)
     _apply_device(args, parser)
+    _check_pipeline(args, parser)
     if args.lr is None:
         args.lr = lr_from_base(args.lr_base, global_batch_size(args), args.lr_base_size, args.lr_base_scale, args.opt)
     if args.lr < 0 or args.warmup_lr < 0:
@@ -293,9 +306,53 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def global_batch_size(args: argparse.Namespace) -> int:
-    """Images per optimizer step over all processes: batch × processes (``WORLD_SIZE``, set by the launchers) ×
-    ``--grad-accum-steps``."""
-    return args.batch_size * int(os.environ.get("WORLD_SIZE", "1")) * args.grad_accum_steps
+    """Images per optimizer step over all processes: batch × data-parallel replicas × ``--grad-accum-steps``.
+
+    The replicas are the processes (``WORLD_SIZE``, set by the launchers), or with ``--pipeline S`` the
+    processes of one stage (``WORLD_SIZE / S``): every stage steps on the same micro-batches."""
+    replicas = int(os.environ.get("WORLD_SIZE", "1")) // (args.pipeline or 1)
+    return args.batch_size * max(replicas, 1) * args.grad_accum_steps
+
+
+# flags the pipelined loop does not run, and what to do instead (refused rather than silently ignored)
+NOT_PIPELINED = {
+    "grad_accum_steps": (lambda v: v != 1, "accumulation is not pipelined: raise -b (per replica) or add replicas"),
+    "model_ema": (bool, "the stages hold only their own modules, so no process has the backbone to average"),
+    "mixup": (lambda v: v > 0, "soft targets are not sent between stages"),
+    "cutmix": (lambda v: v > 0, "soft targets are not sent between stages"),
+    "torchcompile": (bool, "the stages run their modules uncompiled"),
+    "log_with": (bool, "trackers are not fed by the pipelined loop; summary.csv holds every epoch"),
+}
+
+
+def _check_pipeline(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """``--pipeline S``: S >= 1, the process count a multiple of S, and no flag the pipelined loop would ignore."""
+    if args.pipeline is None:
+        for flag in ("pipeline_cuts",):
+            if getattr(args, flag) is not None:
+                parser.error(f"--{flag.replace('_', '-')} needs --pipeline S (the stage count): add it")
+        return
+    if args.pipeline < 1:
+        parser.error(f"--pipeline {args.pipeline}: give a number of stages >= 1 (leave it out to train without stages)")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        parser.error(f"--pipeline {args.pipeline} in a single process: launch S x D processes, e.g. torchrun "
+                     f"--nproc_per_node {max(args.pipeline, 2)} train.py ... --pipeline {max(args.pipeline, 2)} (or "
+                     f"accelerate launch --multi_gpu --num_processes N), or drop --pipeline to train in this process")
+    if world % args.pipeline:
+        parser.error(f"--pipeline {args.pipeline} on {world} process(es): the process count must be a multiple of the "
+                     f"stage count (S stages x D replicas); launch {args.pipeline} (or {2 * args.pipeline}, ...) "
+                     f"processes, e.g. torchrun --nproc_per_node {args.pipeline} train.py ..., or change --pipeline")
+    if args.pipeline_cuts is not None and len(args.pipeline_cuts) != args.pipeline - 1:
+        parser.error(f"--pipeline-cuts {' '.join(map(str, args.pipeline_cuts))} makes {len(args.pipeline_cuts) + 1} "
+                     f"stages but --pipeline asks for {args.pipeline}: give {args.pipeline - 1} module indices")
+    if args.pipeline_timeout <= 0 or args.pipeline_in_flight < 1:
+        parser.error(f"--pipeline-timeout must be > 0 and --pipeline-in-flight >= 1, got {args.pipeline_timeout} and "
+                     f"{args.pipeline_in_flight}")
+    for flag, (is_set, why) in NOT_PIPELINED.items():
+        if is_set(getattr(args, flag)):
+            parser.error(f"--{flag.replace('_', '-')} is not supported with --pipeline ({why}): drop it, or drop "
+                         f"--pipeline")
 
 
 def lr_from_base(lr_base: float, batch: int, base_size: int, scale: str, opt: str) -> float:

@@ -60,13 +60,20 @@ def _as_tuple(value: Any) -> Any:
 def build_checkpoint(*, epoch: int, arch: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                      scheduler: Any, args: dict, model_kwargs: dict, metric: Optional[float],
                      rng_states: list, amp_scaler: Optional[Any] = None,
-                     model_ema: Optional[torch.nn.Module] = None) -> dict[str, Any]:
-    """The checkpoint dict of the run-directory contract. ``epoch`` is the last *completed* epoch (0-based)."""
+                     model_ema: Optional[torch.nn.Module] = None,
+                     states: Optional[tuple[dict, dict]] = None) -> dict[str, Any]:
+    """The checkpoint dict of the run-directory contract. ``epoch`` is the last *completed* epoch (0-based).
+
+    ``states``: the ``(model state_dict, optimizer state_dict)`` to save instead of ``model``'s and
+    ``optimizer``'s own, e.g. a pipelined run's full state gathered from its stages
+    (:meth:`~timm_local.pipeline.PipelineStage.gather_state`, the single-process layout).
+    """
+    model_state, optimizer_state = states if states is not None else (model.state_dict(), optimizer.state_dict())
     checkpoint = {
         "epoch": epoch,
         "arch": arch,
-        "state_dict": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "state_dict": model_state,
+        "optimizer": optimizer_state,
         "scheduler": scheduler.state_dict(),
         "args": args,
         "model_kwargs": model_kwargs,

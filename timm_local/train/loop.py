@@ -21,6 +21,7 @@ from ..local import LocalNet, LocalStepOutput
 from .args import parse_args
 from .distributed import GradientSync, prepare_local_modules
 from .metrics import LossMonitor, NonFiniteLossError, evaluate
+from ..pipeline.link import PipelineError
 from .optim import create_optimizer, create_scheduler
 from .resume import ResumeState, finished_results, load_resume_state, restore_rng, resume_training
 from .run_folder import LAST, RunFolder, count_summary_rows
@@ -96,9 +97,15 @@ def train(args: argparse.Namespace) -> dict:
         print(f"nothing to do: {args.resume} has finished all {state.epoch} epochs (results.json is there); "
               f"give --epochs {state.epoch + 1} or more to train longer")
         return finished
+    loop = _train_in
+    if args.pipeline:  # the pipelined loop (imported here: timm_local.pipeline imports this package's modules)
+        from .pipelined import join_pipeline_processes, train_pipelined
+
+        join_pipeline_processes(args)
+        loop = train_pipelined
     run = RunFolder(args)  # <output>/<experiment>, the same on every rank, locked by this run
     try:
-        return _train_in(run, args, state)
+        return loop(run, args, state)
     finally:
         run.release()
 
@@ -171,5 +178,6 @@ def resume_hint(args: argparse.Namespace, error: BaseException) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """``python train.py [--config file.yaml] [flags]``: see ``--help``. Expected errors are one line (``--debug``)."""
     args = parse_args(argv)
+    # a pipelined process leaves at once after an error: the other stages may be gone (docs/PIPELINE.md §4)
     run_command(lambda: train(args), debug=args.debug, recovery=lambda error: resume_hint(args, error),
-                stopped=(NonFiniteLossError,))
+                stopped=(NonFiniteLossError, PipelineError), abandon=(Exception, KeyboardInterrupt) if args.pipeline else ())

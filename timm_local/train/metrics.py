@@ -89,7 +89,12 @@ def evaluate(model: nn.Module, loader: Iterable, accelerator: Accelerator) -> di
                                                                              dtype=torch.float64)])
     if accelerator.num_processes > 1:
         totals = accelerator.reduce(totals, reduction="sum")
-    loss, top1, top5, count = totals.tolist()
     model.train(was_training)
+    return metrics_from_totals(totals.tolist())
+
+
+def metrics_from_totals(totals: Sequence[float]) -> dict[str, float]:
+    """``[CE sum, top-1 hits, top-5 hits, count]`` → mean CE and top-1 / top-5 accuracy (%)."""
+    loss, top1, top5, count = totals
     count = max(count, 1.0)
     return {"eval_loss": loss / count, "eval_top1": 100.0 * top1 / count, "eval_top5": 100.0 * top5 / count}

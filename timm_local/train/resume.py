@@ -116,6 +116,11 @@ def resume_training(state: ResumeState, path: str, model: LocalNet, optimizer: t
     load_optimizer_state(optimizer, checkpoint["optimizer"])
     if accelerator.scaler is not None and "amp_scaler" in checkpoint:
         accelerator.scaler.load_state_dict(checkpoint["amp_scaler"])
+    announce_resume(state, path, accelerator)
+
+
+def announce_resume(state: ResumeState, path: str, accelerator: Accelerator) -> None:
+    """Print what resumes and which flags changed (a pipelined run loads the state itself, per stage)."""
     accelerator.print(f"resumed from {path}: {state.epoch} epoch(s) done")
     if state.changed:
         accelerator.print(f"resume: these flags differ from the checkpoint's run and apply from epoch "

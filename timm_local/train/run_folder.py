@@ -17,7 +17,7 @@ import statistics
 import sys
 import time
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from accelerate import Accelerator, PartialState
@@ -43,6 +43,13 @@ def count_summary_rows(folder: str) -> int:
             return max(sum(1 for _ in f) - 1, 0)
     except OSError:
         return 0
+
+
+def summary_row(epoch: int, losses: list[float], metrics: dict[str, float], *, lr: float, train_time: float,
+                samples: float, peak_memory: float) -> dict[str, float]:
+    """One ``summary.csv`` row: per-module mean train losses, eval metrics, lr, time, images/s, peak memory."""
+    return {"epoch": epoch, **{f"train_loss_m{k}": v for k, v in enumerate(losses)}, **metrics, "lr": lr,
+            "epoch_time": train_time, "images_per_sec": samples / max(train_time, 1e-9), "peak_memory_mb": peak_memory}
 
 
 class RunFolderError(ValueError):
@@ -120,9 +127,17 @@ class RunFolder:
             self._lock.release()
             self._lock = None
 
-    def begin(self, model: LocalNet, accelerator: Accelerator, resume: Optional[Any] = None) -> None:
-        """Write args.yaml and the summary header; ``resume`` is the :class:`~.resume.ResumeState`, if any."""
+    def begin(self, model: LocalNet, accelerator: Accelerator, resume: Optional[Any] = None,
+              writer: Optional[bool] = None) -> None:
+        """Write args.yaml and the summary header; ``resume`` is the :class:`~.resume.ResumeState`, if any.
+
+        ``writer``: whether this process writes the folder's files (default: the main process; a pipelined run's
+        is its last stage's first replica, which holds the evaluation and the gathered state).
+        """
         self.model, self.accelerator = model, accelerator
+        self.writer = accelerator.is_main_process if writer is None else writer
+        self.num_params = sum(p.numel() for p in model.backbone.parameters())  # before a pipeline releases any
+        self.extra_results: dict[str, Any] = {}
         self.start_epoch = resume.epoch if resume else 0
         self.arch = self.args.model
         previous = resume.checkpoint.get("run_state", {}) if resume else {}
@@ -138,7 +153,7 @@ class RunFolder:
         self.started = time.perf_counter()
         self.args_dict = args_to_dict(self.args)
         self.args_dict["num_local_modules"] = model.num_local_modules
-        if accelerator.is_main_process:
+        if self.writer:
             write_args_yaml(self.path("args.yaml"), {**self.args_dict, "mixed_precision": accelerator.mixed_precision,
                                                      "world_size": accelerator.num_processes})
             self.summary = SummaryCsv(self.path("summary.csv"), summary_columns(model.num_local_modules), self.start_epoch)
@@ -176,36 +191,49 @@ class RunFolder:
             counts = acc.reduce(counts, reduction="sum")
             torch.distributed.all_reduce(memory, op=torch.distributed.ReduceOp.MAX)
         samples, steps = counts.tolist()
-        row = {"epoch": epoch, **{f"train_loss_m{k}": v for k, v in enumerate(losses.tolist())}, **metrics,
-               "lr": lr, "epoch_time": train_time, "images_per_sec": samples / max(train_time, 1e-9),
-               "peak_memory_mb": memory.item()}
+        row = summary_row(epoch, losses.tolist(), metrics, lr=lr, train_time=train_time, samples=samples,
+                          peak_memory=memory.item())
+        self.record_epoch(epoch, row, metrics, steps_per_sec=steps / acc.num_processes / max(train_time, 1e-9),
+                          train_top1=monitor.train_top1(),
+                          checkpoint=lambda rng_states: build_checkpoint(
+                              epoch=epoch, arch=self.arch, model=self.model, optimizer=optimizer, scheduler=scheduler,
+                              args=self.args_dict, model_kwargs=dict(self.args_dict["model_kwargs"]),
+                              metric=metrics["eval_top1"], rng_states=rng_states, amp_scaler=acc.scaler,
+                              model_ema=model_ema))
+
+    def record_epoch(self, epoch: int, row: dict[str, float], metrics: dict[str, float], *, steps_per_sec: float,
+                     train_top1: float, checkpoint: Callable[[list], dict]) -> None:
+        """Best-so-far, ``last.pth.tar`` (and ``model_best.pth.tar``), the summary row, tracker log, one log line.
+
+        ``row`` is the summary row and ``metrics`` the run's eval metrics (every rank passes the same);
+        ``checkpoint(rng_states)`` builds the checkpoint dict and is called on the writer only. Every rank takes
+        part (the RNG states are gathered).
+        """
+        acc = self.accelerator
         self.history["images_per_sec"].append(row["images_per_sec"])
         self.history["peak_memory_mb"].append(row["peak_memory_mb"])
-        self.history["steps_per_sec"].append(steps / acc.num_processes / max(train_time, 1e-9))
+        self.history["steps_per_sec"].append(steps_per_sec)
         is_best = self.best_metric is None or metrics["eval_top1"] > self.best_metric
         if is_best:
             self.best_metric, self.best_epoch = metrics["eval_top1"], epoch
         self.last_metrics = metrics
         rng_states = gather_objects(acc, capture_rng_states())
-        if acc.is_main_process:
-            checkpoint = build_checkpoint(
-                epoch=epoch, arch=self.arch, model=self.model, optimizer=optimizer, scheduler=scheduler,
-                args=self.args_dict, model_kwargs=dict(self.args_dict["model_kwargs"]), metric=metrics["eval_top1"],
-                rng_states=rng_states, amp_scaler=acc.scaler, model_ema=model_ema)
-            checkpoint["run_state"] = self._run_state()
-            atomic_save(checkpoint, self.path(LAST))
+        if self.writer:
+            saved = checkpoint(rng_states)
+            saved["run_state"] = self._run_state()
+            atomic_save(saved, self.path(LAST))
             if is_best:
-                atomic_save(checkpoint, self.path(BEST))
+                atomic_save(saved, self.path(BEST))
             self.summary.append(row)  # only once the epoch's checkpoint is on disk
         if self.args.log_with:
-            acc.log({k: v for k, v in row.items() if k != "epoch"} | {"train_top1": monitor.train_top1()}, step=epoch)
-        acc.print(self._epoch_line(epoch, row, monitor))
+            acc.log({k: v for k, v in row.items() if k != "epoch"} | {"train_top1": train_top1}, step=epoch)
+        acc.print(self._epoch_line(epoch, row, train_top1))
         acc.wait_for_everyone()
 
-    def _epoch_line(self, epoch: int, row: dict, monitor: LossMonitor) -> str:
+    def _epoch_line(self, epoch: int, row: dict, train_top1: float) -> str:
         losses = " ".join(f"{row[f'train_loss_m{k}']:.3f}" for k in range(self.model.num_local_modules))
         line = (f"epoch {epoch + 1}/{self.args.epochs}: train losses [{losses}] "
-                f"train top1 {monitor.train_top1():.2f} | "
+                f"train top1 {train_top1:.2f} | "
                 f"eval top1 {row['eval_top1']:.2f} top5 {row['eval_top5']:.2f} loss {row['eval_loss']:.4f} | "
                 f"lr {row['lr']:.4g} | {row['epoch_time']:.1f}s {row['images_per_sec']:.0f} img/s | "
                 f"peak {row['peak_memory_mb']:.0f} MB")
@@ -240,7 +268,7 @@ class RunFolder:
             "train_images_per_sec": _median(state["images_per_sec"]),
             "peak_memory_mb": max(state["peak_memory_mb"], default=None),
             "wall_time_s": state["wall_time_s"],
-            "num_params": sum(p.numel() for p in self.model.backbone.parameters()),
+            "num_params": self.num_params,
             "device": device_name(acc.device),
             "threads": torch.get_num_threads(),
             **versions,
@@ -251,8 +279,9 @@ class RunFolder:
             "world_size": acc.num_processes,
             "mixed_precision": acc.mixed_precision,
             "resumes": self.resumes,  # [{epoch, changed: {flag: [old, new]}}] for every resume
+            **self.extra_results,
         }
-        if acc.is_main_process:
+        if self.writer:
             write_json(self.path(RESULTS), results)
         if self.args.log_with:
             acc.end_training()

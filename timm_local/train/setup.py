@@ -117,17 +117,21 @@ def create_local_model(args: argparse.Namespace, accelerator: Accelerator) -> Lo
     return model
 
 
-def build_data(args: argparse.Namespace, accelerator: Accelerator) -> Loaders:
+def build_data(args: argparse.Namespace, accelerator: Accelerator, shard: Optional[tuple[int, int]] = None) -> Loaders:
     """This rank's train and eval loaders (they shard and place batches themselves; not ``prepare``d).
+
+    ``shard``: ``(index, count)`` of this process's data shard (default: its rank of the processes); a
+    pipelined run's stages read shard ``replica`` of D.
 
     With mixup / cutmix the last partial training batch is dropped, as timm's loader does: timm's ``Mixup``
     pairs each image with its mirror in the batch and needs an even batch size.
     """
     spec = get_dataset_spec(args.dataset)
+    rank, world_size = shard if shard is not None else (accelerator.process_index, accelerator.num_processes)
     return build_loaders(
         spec.name, args.data_dir, args.batch_size, args.validation_batch_size, accelerator.device,
         max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
-        rank=accelerator.process_index, world_size=accelerator.num_processes, seed=args.seed,
+        rank=rank, world_size=world_size, seed=args.seed,
         channels_last=args.channels_last, workers=args.workers, drop_last=mixup_enabled(args),
         image_size=None if spec.in_memory else args.model_kwargs.get("img_size"))
 
