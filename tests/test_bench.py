@@ -27,6 +27,7 @@ def quick_run(tmp_path_factory):
     return out, done.stdout, json.loads(Path(f"{out}.json").read_text())
 
 
+@pytest.mark.slow
 def test_quick_run_writes_table_json_and_plot(quick_run):
     out, stdout, run = quick_run
     assert Path(f"{out}.png").stat().st_size > 10_000
@@ -45,6 +46,7 @@ def test_quick_run_writes_table_json_and_plot(quick_run):
         assert result["rss_peak_mb"] > result["rss_activation_mb"]
 
 
+@pytest.mark.slow
 def test_interleaved_step_frees_memory_on_cpu(quick_run):
     """K=4 InfoPro holds well under 60% of E2E's memory, by every CPU measure (issue 4 acceptance)."""
     results = {r["label"]: r for r in quick_run[2]["results"]}

@@ -1,7 +1,10 @@
 """The pipeline benchmark runs end to end with tiny settings (not a timing test: nothing is compared)."""
 import json
 
+import pytest
 
+
+@pytest.mark.slow
 def test_pipeline_benchmark_smoke(tmp_path, monkeypatch):
     from timm_local.bench import pipeline
 

@@ -124,6 +124,7 @@ def single_process():
 
 
 @pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.slow
 def test_ranks_identical_and_equal_to_single_process(ddp_outputs, single_process, case):
     rank0 = torch.load(ddp_outputs / f"{case}_0.pt")
     rank1 = torch.load(ddp_outputs / f"{case}_1.pt")
@@ -149,6 +150,7 @@ def test_per_module_ddp_wrappers_also_sync_mlaan(ddp_outputs, single_process):
             torch.testing.assert_close(rank0[key], value, rtol=1e-5, atol=1e-6, msg=key)
 
 
+@pytest.mark.slow
 def test_train_py_under_torchrun(tmp_path):
     """The whole trainer (run folder, checkpoint, evaluation reduce) on 2 CPU processes, MLAAN (manual sync)."""
     from timm_local.data import write_synthetic_copy

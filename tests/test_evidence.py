@@ -102,6 +102,7 @@ def test_bad_input_is_one_line_naming_the_fix(tmp_path):
 
 
 @pytest.mark.timeout(400)
+@pytest.mark.slow
 def test_smoke_runs_every_part_and_returns_at_most_eight_files(tmp_path):
     data = write_synthetic_copy("cifar10", tmp_path / "cifar10", num_train=plan.SMOKE_TRAIN,
                                 num_eval=plan.SMOKE_EVAL)

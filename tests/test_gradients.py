@@ -11,18 +11,19 @@ from timm_local.local.context import LocalContext
 
 # Weights that make every aux loss non-zero, so isolation can see each loss's reach.
 ALL_ON = dict(recon_weights=(1.0, 1.0), task_weights=(1.0, 1.0))
+SLOW = pytest.mark.slow  # one block per module: every loss's reach checked module by module, minutes on a CPU
 CASES = [
     ("resnet32_greedy", 4, {}),
     ("resnet32_dgl", 4, {}),
     ("resnet32_dgl", 8, {"local_loss": "contrast"}),
     ("resnet32_infopro", 4, ALL_ON),
-    ("resnet32_infopro", 16, ALL_ON),
+    pytest.param("resnet32_infopro", 16, ALL_ON, marks=SLOW),
     ("resnet32_infopro", 4, dict(ALL_ON, local_loss="ce", split="balanced")),
     ("resnet32_man", 4, ALL_ON),
-    ("resnet32_man", 15, dict(ALL_ON, base="dgl", weight_schedule="stage")),
+    pytest.param("resnet32_man", 15, dict(ALL_ON, base="dgl", weight_schedule="stage"), marks=SLOW),
     ("resnet32_mlaan", 4, {}),
     ("resnet32_mlaan", 8, {"laminae": 3, "base": "infopro", **ALL_ON}),
-    ("resnet32_mlaan", 15, {"final_loss": "cascade", "ema_update": "last"}),
+    pytest.param("resnet32_mlaan", 15, {"final_loss": "cascade", "ema_update": "last"}, marks=SLOW),
 ]
 
 

@@ -191,11 +191,13 @@ def three_stages(tmp_path_factory):
 
 
 @pytest.mark.parametrize("method", ["dgl", "infopro", "man"])
+@pytest.mark.slow
 def test_two_stages_equal_sequential(two_stages, method):
     assert_same_weights(two_stages / f"{method}.pt", sequential(method), method)
 
 
 @pytest.mark.parametrize("method", ["dgl", "infopro", "man"])
+@pytest.mark.slow
 def test_three_stages_equal_sequential(three_stages, method):
     assert_same_weights(three_stages / f"{method}.pt", sequential(method), method)
 
@@ -210,6 +212,7 @@ def replicas(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_two_stages_two_replicas_equal_one_stage_four_replicas(replicas):
     """With BN frozen every DGL loss is a mean of per-sample CE, so the replicas' averaged gradient is the global
     batch's (tests/test_ddp.py explains why BN in train mode cannot match across batch splits).
@@ -237,6 +240,7 @@ def killed(tmp_path_factory):
     return results, elapsed, resumed, out
 
 
+@pytest.mark.slow
 def test_killed_stage_stops_the_others_with_a_clear_error(killed):
     results, elapsed, _, _ = killed
     assert results[1].returncode == -signal.SIGKILL
@@ -246,6 +250,7 @@ def test_killed_stage_stops_the_others_with_a_clear_error(killed):
     assert elapsed < 60 + TIMEOUT_S
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_equals_the_uninterrupted_run(killed, two_stages):
     _, _, resumed, out = killed
     assert_ok(resumed)
@@ -254,6 +259,7 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(killed, two_stages):
     assert max_diff(got, uninterrupted) <= 1e-6
 
 
+@pytest.mark.slow
 def test_nan_stops_every_stage_naming_stage_module_and_step(tmp_path):
     results = launch(tmp_path, 3, [dict(name="nan", method="dgl", stages=3, cuts=[1, 3], nan_at=2, timeout=TIMEOUT_S)])
     lines = {r.rank: [x for x in r.stderr.splitlines() if x.startswith("PIPELINE_ERROR")] for r in results}
@@ -264,6 +270,7 @@ def test_nan_stops_every_stage_naming_stage_module_and_step(tmp_path):
         assert "module 0 is nan at step 2" in lines[rank][0]
 
 
+@pytest.mark.slow
 def test_evaluation_runs_stage_by_stage(two_stages):
     """The last stage's totals equal the plain forward of the final weights on the same batches."""
     totals = json.loads((two_stages / "dgl_eval_1.json").read_text())

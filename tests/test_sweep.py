@@ -44,6 +44,7 @@ def final_weights(output):
     return {name: torch.load(output / name / "last.pth.tar", weights_only=True)["state_dict"] for name, _, _ in RUNS}
 
 
+@pytest.mark.slow
 def test_killed_and_restarted_sweep_ends_with_the_same_weights(tmp_path, data_dir):
     straight = tmp_path / "straight"
     process = sweep_cli(write_sweep(tmp_path / "a.yaml", data_dir, straight))

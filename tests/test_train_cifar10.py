@@ -25,6 +25,7 @@ DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 
 @pytest.mark.skipif(not os.path.isdir(DATA_DIR), reason="the shared CIFAR-10 copy is not next to the repository")
 @pytest.mark.skipif(os.environ.get("TIMM_LOCAL_SKIP_SLOW") == "1", reason="TIMM_LOCAL_SKIP_SLOW=1")
+@pytest.mark.slow
 def test_real_cifar10_short_run_learns(tmp_path):
     AcceleratorState._reset_state(reset_partial_state=True)
     args = parse_args(["--dataset", "cifar10", "--data-dir", DATA_DIR, "--model", "resnet32_dgl",

@@ -93,6 +93,7 @@ def runs(tmp_path_factory, data_dir):
     return out, first, seconds
 
 
+@pytest.mark.slow
 def test_pipelined_run_folder_is_complete(runs):
     out, first, seconds = runs
     folder = out / "pipe_epoch1"
@@ -109,6 +110,7 @@ def test_pipelined_run_folder_is_complete(runs):
 
 
 @pytest.mark.parametrize("epoch", [1, 2])
+@pytest.mark.slow
 def test_pipelined_weights_equal_the_single_process_run(runs, epoch):
     """Epoch 1: a pipelined run; epoch 2: it resumed from last.pth.tar, against the single-process run resumed
     the same way. Weights, BN buffers, optimizer momentum; the summary rows' losses and eval metrics."""
@@ -130,6 +132,7 @@ def test_pipelined_weights_equal_the_single_process_run(runs, epoch):
     assert epoch == 1 or max_diff(start, pipe["state_dict"]) > 1e-4  # the 2nd epoch trained
 
 
+@pytest.mark.slow
 def test_a_pipelined_checkpoint_resumes_without_pipeline(runs):
     """The gathered state is the single-process layout: resumed by a single-process run, it continues exactly."""
     out, _, _ = runs
@@ -140,6 +143,7 @@ def test_a_pipelined_checkpoint_resumes_without_pipeline(runs):
     assert results["resumes"] == [{"epoch": 1, "changed": {"epochs": [1, 2], "pipeline": [2, None]}}]
 
 
+@pytest.mark.slow
 def test_a_pipelined_checkpoint_validates_and_exports_unchanged(runs, tmp_path, data_dir):
     from timm_local.hub.__main__ import main as hub_main
     from timm_local.validate import main as validate_main
@@ -153,6 +157,7 @@ def test_a_pipelined_checkpoint_validates_and_exports_unchanged(runs, tmp_path, 
     assert any((p / "model.safetensors").is_file() for p in tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_two_stages_two_replicas_equal_plain_ddp_on_two_processes(tmp_path, data_dir):
     """``torchrun --nproc_per_node 4 train.py --pipeline 2``: 2 stages x 2 replicas against 2-process DDP.
 
@@ -237,6 +242,7 @@ def error_lines(result):
      "loss (laminae=2), so no --pipeline-cuts avoids it: train mlaan without --pipeline (data-parallel), or with "
      "--model-kwargs laminae=1"),
 ], ids=["more_stages_than_modules", "mlaan"])
+@pytest.mark.slow
 def test_a_plan_the_model_cannot_run_is_one_line_on_every_rank(tmp_path, data_dir, extra, message):
     results = launch(tmp_path, data_dir, "refused", "--pipeline", "2", *extra, timeout=120)
     for r in results:
@@ -244,6 +250,7 @@ def test_a_plan_the_model_cannot_run_is_one_line_on_every_rank(tmp_path, data_di
         assert error_lines(r) == [message]
 
 
+@pytest.mark.slow
 def test_a_nan_loss_stops_every_stage_in_one_line_naming_stage_module_and_step(tmp_path, data_dir):
     start = time.monotonic()
     results = launch(tmp_path, data_dir, "nan", "--pipeline", "2", "--lr", "1e30", "--pipeline-timeout", "30",
