@@ -99,3 +99,16 @@ def assert_head_contract(model, x, features) -> None:
     model.reset_classifier(0, "")
     with torch.no_grad():
         assert model(x).shape == features.shape
+
+
+def assert_ok(results):
+    """Every process of a multi-process job (``timm_local.pipeline.launch`` results) exited 0."""
+    for r in results:
+        assert r.returncode == 0, f"rank {r.rank} exited {r.returncode}:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
+
+
+def max_diff(a, b) -> float:
+    """Largest absolute difference between two state dicts' floating tensors (same keys)."""
+    assert a.keys() == b.keys()
+    return max(((a[k].double() - b[k].double()).abs().max().item() if a[k].numel() else 0.0)
+               for k in a if a[k].is_floating_point())

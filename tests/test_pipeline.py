@@ -15,6 +15,8 @@ import time
 import pytest
 import torch
 
+from conftest import assert_ok, max_diff
+
 MODELS = {
     "dgl": ("resnet32_dgl", dict(num_local_modules=4)),
     "infopro": ("resnet32_infopro", dict(num_local_modules=4)),
@@ -144,17 +146,6 @@ def launch(tmp_path, world_size, cases, timeout=300):
     spec.write_text(json.dumps({"out": str(tmp_path), "cases": cases}))
     env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
     return run_local_job([sys.executable, __file__, str(spec)], world_size, timeout, env=env)
-
-
-def assert_ok(results):
-    for r in results:
-        assert r.returncode == 0, f"rank {r.rank} exited {r.returncode}:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
-
-
-def max_diff(a, b):
-    assert a.keys() == b.keys()
-    return max(((a[k].double() - b[k].double()).abs().max().item() if a[k].numel() else 0.0)
-               for k in a if a[k].is_floating_point())
 
 
 def assert_same_weights(path, reference, method, tol=1e-6):

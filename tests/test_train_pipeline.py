@@ -22,6 +22,8 @@ import time
 import pytest
 import torch
 
+from conftest import assert_ok, max_diff
+
 from timm_local.data import write_synthetic_copy
 from timm_local.pipeline.launch import run_local_job
 from timm_local.train import parse_args, train
@@ -47,17 +49,6 @@ def flags(out, data_dir, experiment, *extra):
 def launch(out, data_dir, experiment, *extra, world_size=2, timeout=240):
     command = [sys.executable, TRAIN_PY, *flags(out, data_dir, experiment, *extra)]
     return run_local_job(command, world_size, timeout, env={"OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT})
-
-
-def assert_ok(results):
-    for r in results:
-        assert r.returncode == 0, f"rank {r.rank} exited {r.returncode}:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
-
-
-def max_diff(a, b):
-    assert a.keys() == b.keys()
-    return max(((a[k].double() - b[k].double()).abs().max().item() if a[k].numel() else 0.0)
-               for k in a if a[k].is_floating_point())
 
 
 def summary_rows(folder):
