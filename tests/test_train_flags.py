@@ -397,10 +397,27 @@ def test_threads_flag_then_omp_num_threads_then_the_free_cores(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert threads.choose_threads(None) == (torch.get_num_threads(), "OMP_NUM_THREADS")
     monkeypatch.delenv("OMP_NUM_THREADS")
-    monkeypatch.setattr(threads.os, "getloadavg", lambda: (7.0, 7.0, 7.0))
+    monkeypatch.setattr(threads, "busy_cpus", lambda: 7.0)
     assert threads.choose_threads(None)[0] == 1
     with pytest.raises(ValueError, match="--threads must be >= 1"):
         threads.choose_threads(0)
+
+
+def test_busy_cpus_reads_the_idle_share_of_proc_stat(tmp_path, monkeypatch):
+    from timm_local.train import threads
+
+    stat = tmp_path / "stat"
+    reads = iter(["cpu  100 0 100 800 0 0 0 0 0 0\n", "cpu  250 0 100 850 0 0 0 0 0 0\n"])  # 150 busy of 200 ticks
+
+    def fake_sleep(_):
+        stat.write_text(next(reads))
+
+    stat.write_text(next(reads))
+    monkeypatch.setattr(threads.time, "sleep", fake_sleep)
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 2)
+    assert threads.busy_cpus(stat=str(stat)) == pytest.approx(1.5)
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.25, 0.0, 0.0))
+    assert threads.busy_cpus(stat=str(tmp_path / "missing")) == 0.25
 
 
 def test_train_uses_and_reports_the_thread_count(tmp_path, data_dir, capsys):
