@@ -30,9 +30,15 @@ def _deterministic():
 
 
 @pytest.fixture
-def one_thread():
-    """One intra-op thread: faster for small CPU ops, and far faster on a shared (oversubscribed) machine."""
+def one_thread(monkeypatch):
+    """One intra-op thread: faster for small CPU ops, and far faster on a shared (oversubscribed) machine.
+
+    Also ``OMP_NUM_THREADS=1``, which ``train()`` run in this process honours (it would otherwise pick the
+    free cores, timm_local/train/threads.py) and which subprocesses inherit, so that in-process and
+    multi-process runs that must agree to 1e-6 sum in the same order.
+    """
     threads = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)

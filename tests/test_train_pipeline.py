@@ -41,9 +41,10 @@ def data_dir(tmp_path_factory):
 
 
 def flags(out, data_dir, experiment, *extra):
+    """One thread everywhere (the module-scoped runs start before the one_thread fixture): equal sums need it."""
     return ["--cpu", "--data-dir", data_dir, *MODEL_FLAGS, "--epochs", "1", "-b", "16", "--output", str(out),
             "--experiment", experiment, "--bench-loader-batches", "0", "--sched", "step", "--warmup-epochs", "0",
-            "--lr", "0.05", *extra]
+            "--lr", "0.05", "--threads", "1", *extra]
 
 
 def launch(out, data_dir, experiment, *extra, world_size=2, timeout=240):
