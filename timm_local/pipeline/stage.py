@@ -28,12 +28,12 @@ from typing import Callable, ContextManager, Iterable, Optional, Sequence
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from timm.utils import dispatch_clip_grad
 from torch import nn
 
 from ..local import LocalNet
 from ..train.distributed import GradientSync
+from ..train.metrics import eval_totals
 from ..train.resume import load_optimizer_state
 from .layout import ProcessLayout
 from .link import DATA, END, EVAL, Link, PipelineError, PipelineStopped, Watchdog
@@ -170,12 +170,7 @@ class PipelineStage:
         stats = StageStats(modules=self.modules, loss_sums=[0.0] * len(self.modules))
         start, idle_before = time.perf_counter(), self.watchdog.idle_s
         with self._failures():
-            source = iter(batches) if self.layout.is_first else None
-            while True:
-                item = self._next_input(source, DATA)
-                if item is None:
-                    break
-                h, x, y = item
+            for h, x, y in self._inputs(batches, DATA):
                 self.step_count += 1
                 losses = self._train_step(h, x, y, stats)
                 if on_step is not None:
@@ -184,6 +179,13 @@ class PipelineStage:
         stats.wall_s = time.perf_counter() - start
         stats.idle_s = self.watchdog.idle_s - idle_before
         return stats
+
+    def _inputs(self, batches: Optional[Iterable], kind: int):
+        """The epoch's ``(h, x, y)`` micro-batches (stage 0: from ``batches``; later stages: received), one at a
+        time, so a stage receives the next only after its step on the last (the step count names each receive)."""
+        source = iter(batches) if self.layout.is_first else None
+        while (item := self._next_input(source, kind)) is not None:
+            yield item
 
     def _next_input(self, source, kind: int):
         """``(h, x, y)`` of the next micro-batch, or None at the end of the epoch (after forwarding the end)."""
@@ -304,22 +306,13 @@ class PipelineStage:
         self.model.eval()
         totals = torch.zeros(4, dtype=torch.float64, device=self.device)
         with self._failures():
-            source = iter(batches) if self.layout.is_first else None
-            while True:
-                item = self._next_input(source, EVAL)
-                if item is None:
-                    break
-                h, _, y = item
+            for h, _, y in self._inputs(batches, EVAL):
                 with self.autocast():
                     h = self.model.forward_range(h, self.modules.start, self.modules.stop)
                 if self.next is not None:
                     self._send(EVAL, [h, y])
                     continue
-                logits = h.float()
-                hits = logits.topk(min(5, logits.shape[-1]), dim=-1).indices == y[:, None]
-                totals += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(),
-                                       hits[:, 0].sum().double(), hits.any(dim=-1).sum().double(),
-                                       torch.tensor(float(y.shape[0]), dtype=torch.float64, device=self.device)])
+                totals += eval_totals(h, y)
             if self.next is not None:
                 self.next.flush()
         self.model.train(was_training)

@@ -81,16 +81,20 @@ def evaluate(model: nn.Module, loader: Iterable, accelerator: Accelerator) -> di
     for x, y in tqdm(loader, desc="eval", leave=False, dynamic_ncols=True, disable=not accelerator.is_main_process):
         with accelerator.autocast():
             logits = model(x)
-        logits = logits.float()
-        top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
-        hits = top5 == y[:, None]
-        totals += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(), hits[:, 0].sum().double(),
-                               hits.any(dim=-1).sum().double(), torch.tensor(float(y.shape[0]), device=y.device,
-                                                                             dtype=torch.float64)])
+        totals += eval_totals(logits, y)
     if accelerator.num_processes > 1:
         totals = accelerator.reduce(totals, reduction="sum")
     model.train(was_training)
     return metrics_from_totals(totals.tolist())
+
+
+def eval_totals(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """float64 ``[CE sum, top-1 hits, top-5 hits, count]`` of one batch (logits taken in fp32)."""
+    logits = logits.float()
+    hits = logits.topk(min(5, logits.shape[-1]), dim=-1).indices == y[:, None]
+    return torch.stack([F.cross_entropy(logits, y, reduction="sum").double(), hits[:, 0].sum().double(),
+                        hits.any(dim=-1).sum().double(),
+                        torch.tensor(float(y.shape[0]), device=y.device, dtype=torch.float64)])
 
 
 def metrics_from_totals(totals: Sequence[float]) -> dict[str, float]:
