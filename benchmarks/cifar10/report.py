@@ -203,10 +203,11 @@ def main() -> None:
         record = publish_run(run, folder, reference, args)
         print(f"{run.name}: exported {run.hub_name}; validate.py --pretrained reproduces top-1 "
               f"{record['full_test_top1_pretrained']:.2f}; first {FIRST_N}: {record['top1']:.2f}")
-    (bench / "zoo.md").write_text(table(sweep, output, bench) + "\n")
-    update_between_markers(bench / "README.md", table(sweep, output, bench))
+    text = table(sweep, output, bench)
+    (bench / "zoo.md").write_text(text + "\n")
+    update_between_markers(bench / "README.md", text)
     plot(sweep, output, bench, bench / "zoo_top1.png")
-    print(table(sweep, output, bench))
+    print(text)
 
 
 if __name__ == "__main__":
