@@ -15,8 +15,29 @@ def test_pipeline_benchmark_smoke(tmp_path, monkeypatch):
     run = json.loads(out.read_text())
     assert [r["mode"] for r in run["results"]] == ["sequential", "ddp", "pipeline"]
     assert all(r["images_per_s"] > 0 and len(r["rss_peak_mb_per_process"]) == r["processes"] for r in run["results"])
+    # both rates; the tensor peak on top of each process's weights and optimizer state
+    assert all(r["steady_images_per_s"] > 0 for r in run["results"])
+    for r in run["results"]:
+        assert all(peak > static > 0 for peak, static in zip(r["tensor_peak_mb_per_process"], r["static_mb_per_process"]))
     pipe = run["results"][-1]
     assert len(pipe["stages"]) == 2 and all(0 <= s["idle_fraction"] < 1 for s in pipe["stages"])
     assert len(pipe["module_costs"]) == 4 and run["command"].startswith("python -m timm_local.bench.pipeline")
     assert "device_name" in run and "torch" in run
-    assert "| pipeline | 2 |" in pipeline.table(run)
+    text = pipeline.table(run)
+    assert "| pipeline | 2 |" in text and "x one process" in text and "busy_cpus_before" in run
+    # each stage holds only its own modules' weights and optimizer state
+    seq, pipe_static = run["results"][0]["static_mb_per_process"][0], pipe["static_mb_per_process"]
+    assert max(pipe_static) < seq and sum(pipe_static) == pytest.approx(seq, rel=0.02)
+
+
+def test_split_argument_takes_a_name_or_block_cuts():
+    from timm_local.bench.pipeline import _num_modules, parse_args
+
+    assert parse_args(["--split", "7,18,32"]).split == [7, 18, 32]
+    assert parse_args(["--split", "measured"]).split == "measured"
+    assert _num_modules(None, [7, 18, 32]) == 4 and _num_modules(None, "balanced") == 4
+    assert _num_modules(8, "balanced") == 8
+    with pytest.raises(SystemExit, match="makes 4 local modules but --k is 8"):
+        _num_modules(8, [7, 18, 32])
+    with pytest.raises(SystemExit):
+        parse_args(["--split", "7,x"])

@@ -311,6 +311,16 @@ def test_balanced_plan_minimises_the_slowest_stage():
     assert balanced_plan([1.0] * 6, 3).cuts == (2, 4)
 
 
+def test_plan_balance_is_the_slowest_stage_against_the_sum():
+    from timm_local.pipeline import balanced_plan
+
+    seconds = [0.5, 0.6, 0.7, 0.9]
+    plan = balanced_plan(seconds, 2)
+    assert plan.cuts == (2,) and plan.stage_seconds(seconds) == pytest.approx([1.1, 1.6])
+    assert plan.speedup_bound(seconds) == pytest.approx(2.7 / 1.6)
+    assert plan.balance_text(seconds) == "stage times 1.1 / 1.6 s per micro-batch (measured): at most 1.69x one process"
+
+
 @pytest.mark.parametrize("cuts, stages, message", [
     ([1, 2], 2, "makes 3 stages but --pipeline asks for 2: give 1 module indices"),
     ([3, 2], 3, "give strictly increasing module indices in 1..3"),

@@ -93,11 +93,15 @@ def test_pipelined_run_folder_is_complete(runs):
         ["args.yaml", "last.pth.tar", "model_best.pth.tar", "results.json", "summary.csv"]
     results = json.loads((folder / "results.json").read_text())
     assert results["world_size"] == 2 and results["num_local_modules"] == 2
-    assert results["pipeline"] == {"stages": 2, "replicas": 1, "cuts": [1], "plan": results["pipeline"]["plan"]}
+    entry = results["pipeline"]
+    assert {k: entry[k] for k in ("stages", "replicas", "cuts")} == {"stages": 2, "replicas": 1, "cuts": [1]}
+    assert len(entry["module_seconds"]) == 2 and entry["speedup_bound"] == \
+        pytest.approx(sum(entry["module_seconds"]) / max(entry["module_seconds"]))
     assert results["num_params"] == json.loads((out / "single_epoch1" / "results.json").read_text())["num_params"]
     checkpoint = torch.load(folder / "last.pth.tar", weights_only=True)
     assert checkpoint["epoch"] == 0 and checkpoint["args"]["pipeline"] == 2 and len(checkpoint["rng_states"]) == 2
-    assert "pipeline: stage 0: module 0, stage 1: module 1 (measured)" in first[0].stdout
+    assert "pipeline: stage 0: module 0, stage 1: module 1 (measured); stage times " in first[0].stdout
+    assert f"at most {entry['speedup_bound']:.2f}x one process" in first[0].stdout
     assert "epoch 1/1: train losses" in first[0].stdout and seconds < 200
 
 

@@ -42,17 +42,21 @@ def train_pipelined(run: RunFolder, args: argparse.Namespace, state: Optional[Re
     if state:
         announce_resume(state, args.resume, accelerator)
     measure = args.pipeline_cuts is None and args.pipeline > 1
-    stage, _ = create_stage(
+    stage, costs = create_stage(
         model, optimizer, args.pipeline, accelerator.device, cuts=args.pipeline_cuts,
         probe_batch=next(iter(data.train)) if measure else None,  # every rank has one; rank 0 measures on it
         timeout_s=args.pipeline_timeout, max_in_flight=args.pipeline_in_flight,
         state=(state.checkpoint["state_dict"], state.checkpoint["optimizer"]) if state else None,
         backward=accelerator.backward, autocast=accelerator.autocast, label_smoothing=args.smoothing,
         clip_grad=args.clip_grad, clip_mode=args.clip_mode)
-    accelerator.print(f"pipeline: {stage.plan.describe()}; {layout.num_stages} stage(s) x {layout.replicas} "
+    seconds = [c.seconds for c in costs] if costs else None
+    balance = f"; {stage.plan.balance_text(seconds)}" if seconds else ""
+    accelerator.print(f"pipeline: {stage.plan.describe()}{balance}; {layout.num_stages} stage(s) x {layout.replicas} "
                       f"replica(s), run folder written by rank {layout.writer_rank}")
     run.extra_results["pipeline"] = {"stages": layout.num_stages, "replicas": layout.replicas,
-                                     "cuts": list(stage.plan.cuts), "plan": stage.plan.describe()}
+                                     "cuts": list(stage.plan.cuts), "plan": stage.plan.describe(),
+                                     "module_seconds": seconds,
+                                     "speedup_bound": stage.plan.speedup_bound(seconds) if seconds else None}
     speed = [measure_loader(data.train, args.bench_loader_batches, accelerator.device) if layout.rank == 0 else None]
     dist.broadcast_object_list(speed, src=0)  # stage 0's loader feeds the pipeline; every rank reports it
     run.loader_batches_per_sec = speed[0]
