@@ -11,12 +11,14 @@ def test_pipeline_benchmark_smoke(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out = tmp_path / "pipe.json"
     pipeline.main(["--arch", "resnet32", "--k", "4", "--steps", "2", "--warmup", "1", "--batch-size", "8",
-                   "--out", str(out)])
+                   "--rounds", "2", "--out", str(out)])
     run = json.loads(out.read_text())
     assert [r["mode"] for r in run["results"]] == ["sequential", "ddp", "pipeline"]
     assert all(r["images_per_s"] > 0 and len(r["rss_peak_mb_per_process"]) == r["processes"] for r in run["results"])
     # both rates; the tensor peak on top of each process's weights and optimizer state
     assert all(r["steady_images_per_s"] > 0 for r in run["results"])
+    assert run["rounds"] == 2 and [len(r) for r in run["every_round"]] == [3, 3]
+    assert all(r["steady_images_per_s"] in r["rounds_steady_images_per_s"] for r in run["results"])
     for r in run["results"]:
         assert all(peak > static > 0 for peak, static in zip(r["tensor_peak_mb_per_process"], r["static_mb_per_process"]))
     pipe = run["results"][-1]
@@ -28,6 +30,16 @@ def test_pipeline_benchmark_smoke(tmp_path, monkeypatch):
     # each stage holds only its own modules' weights and optimizer state
     seq, pipe_static = run["results"][0]["static_mb_per_process"][0], pipe["static_mb_per_process"]
     assert max(pipe_static) < seq and sum(pipe_static) == pytest.approx(seq, rel=0.02)
+
+
+def test_median_round_is_the_middle_steady_rate_with_every_round_attached():
+    from timm_local.bench.pipeline import median_round
+
+    rounds = [{"images_per_s": a, "steady_images_per_s": s} for a, s in [(9.0, 10.0), (7.0, 8.0), (11.0, 12.0), (1, 2)]]
+    chosen = median_round(rounds)
+    assert chosen["steady_images_per_s"] == 8.0 and chosen["images_per_s"] == 7.0
+    assert chosen["rounds_steady_images_per_s"] == [10.0, 8.0, 12.0, 2]
+    assert median_round(rounds[:3])["steady_images_per_s"] == 10.0
 
 
 def test_split_argument_takes_a_name_or_block_cuts():

@@ -7,7 +7,7 @@ in one run on the same model and batch size (benchmarks/README.md, "Pipelined tr
     python -m timm_local.bench.pipeline --arch resnet32 --steps 3 --warmup 1 --batch-size 16   # smoke run
 
 Every configuration runs in fresh processes (:func:`timm_local.pipeline.launch.run_local_job`, gloo, one
-thread each). Per process and configuration: ``--warmup`` untimed steps, then ``--steps`` timed ones.
+thread each); with ``--rounds R`` the three run in turn R times and each reports its median round. Per process and configuration: ``--warmup`` untimed steps, then ``--steps`` timed ones.
 images/s counts every image trained: B per step for (a) and (c), S·B for (b) (each process its own B).
 Two rates per configuration:
 
@@ -62,6 +62,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every configuration this many times, in turn (a, b, c, a, b, c, ...), and report each "
+                             "configuration's median round, so a drift in the machine's speed reaches all of them")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/pipeline-cpu.json"))
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per configuration")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -238,6 +241,16 @@ def summarise(mode: str, ranks: list[dict]) -> dict:
     return summary
 
 
+def median_round(summaries: list[dict]) -> dict:
+    """The round with the median steady-state rate (the lower middle one of an even count), with every round's
+    two rates attached (``rounds_images_per_s``, ``rounds_steady_images_per_s``)."""
+    def steady(s):
+        return s["steady_images_per_s"] or s["images_per_s"]
+    ordered = sorted(summaries, key=steady)
+    return {**ordered[(len(ordered) - 1) // 2], "rounds_images_per_s": [s["images_per_s"] for s in summaries],
+            "rounds_steady_images_per_s": [s["steady_images_per_s"] for s in summaries]}
+
+
 def _ratio(value: Optional[float], reference: Optional[float]) -> str:
     return f"{value / reference:.2f}" if value and reference else "–"
 
@@ -251,11 +264,12 @@ def _per_process(values: list[Optional[float]], reference: Optional[list[Optiona
 
 
 def table(run: dict) -> str:
-    """The speed table (both rates against (a) and (b)), the memory table, and the pipeline's stage balance."""
+    """The speed table (both rates against (a) and (b), of each configuration's median round), the memory table,
+    and the pipeline's stage balance."""
     by_mode = {r["mode"]: r for r in run["results"]}
     base, ddp = by_mode.get("sequential"), by_mode.get("ddp")
-    rows = ["| configuration | processes | images/s, all steps | vs (a) | vs (b) | images/s, steady state | vs (a) | vs (b) |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| configuration | processes | images/s, all steps | vs (a) | vs (b) | images/s, steady state | vs (a) | vs (b) "
+            "| steady state, every round |", "|---|---|---|---|---|---|---|---|---|"]
     for r in run["results"]:
         steady = r["steady_images_per_s"]
         rows.append(f"| {r['mode']} | {r['processes']} | {r['images_per_s']:.1f} | "
@@ -263,7 +277,8 @@ def table(run: dict) -> str:
                     f"{_ratio(r['images_per_s'], ddp and ddp['images_per_s'])} | "
                     f"{'–' if steady is None else f'{steady:.1f}'} | "
                     f"{_ratio(steady, base and base['steady_images_per_s'])} | "
-                    f"{_ratio(steady, ddp and ddp['steady_images_per_s'])} |")
+                    f"{_ratio(steady, ddp and ddp['steady_images_per_s'])} | "
+                    f"{', '.join('–' if v is None else f'{v:.1f}' for v in r.get('rounds_steady_images_per_s', [steady]))} |")
     rows += ["", "| configuration | weights + optimizer state (MiB) | tensor peak (MiB) | vs (a) | peak RSS (MiB) | vs (a) |",
              "|---|---|---|---|---|---|"]
     for r in run["results"]:
@@ -304,10 +319,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             "batch_size": args.batch_size, "stages": args.stages, "cuts": args.cuts, "warmup": args.warmup, "steps": args.steps}
     busy = busy_cpus(1.0)  # what else ran: the record says so next to the figures
     worlds = {"sequential": 1, "ddp": args.stages, "pipeline": args.stages}
-    results = [summarise(mode, measure_mode({**spec, "mode": mode}, worlds[mode], args.timeout)) for mode in args.modes]
+    if args.rounds < 1:
+        raise SystemExit(f"error: --rounds {args.rounds}: give 1 or more")
+    rounds = [[summarise(mode, measure_mode({**spec, "mode": mode}, worlds[mode], args.timeout)) for mode in args.modes]
+              for _ in range(args.rounds)]
+    results = [median_round([r[i] for r in rounds]) for i in range(len(args.modes))]
     run = {"command": shlex.join(["python", "-m", "timm_local.bench.pipeline", *(argv if argv is not None else sys.argv[1:])]),
            "spec": spec, "threads_per_process": 1, **environment("cpu"),
-           "busy_cpus_before": round(busy, 2), "results": results}
+           "busy_cpus_before": round(busy, 2), "rounds": args.rounds, "results": results, "every_round": rounds}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(run, indent=1) + "\n")
     print(table(run))
