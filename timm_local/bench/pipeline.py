@@ -290,13 +290,13 @@ def table(run: dict) -> str:
     pipe = by_mode.get("pipeline")
     if pipe:
         rows.append("")
-        rows.append(f"stage plan: {pipe['plan']}")
+        rows.append(f"- stage plan: {pipe['plan']}")
         if pipe["module_costs"]:
             seconds = [c["seconds"] for c in pipe["module_costs"]]
             plan = StagePlan(cuts=tuple(pipe["cuts"]), num_modules=len(seconds), kind="")
-            rows.append(f"module step times {', '.join(f'{t:.3f}' for t in seconds)} s; {plan.balance_text(seconds)}")
+            rows.append(f"- module step times {', '.join(f'{t:.3f}' for t in seconds)} s; {plan.balance_text(seconds)}")
         for s in pipe["stages"]:
-            rows.append(f"stage {s['stage']} (modules {s['modules'][0]}-{s['modules'][1] - 1}): busy {s['busy_s']:.2f} s, "
+            rows.append(f"- stage {s['stage']} (modules {s['modules'][0]}-{s['modules'][1] - 1}): busy {s['busy_s']:.2f} s, "
                         f"idle {s['idle_s']:.2f} s ({100 * s['idle_fraction']:.0f}% of {s['wall_s']:.2f} s)")
     return "\n".join(rows)
 
