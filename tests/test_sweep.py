@@ -98,6 +98,24 @@ def test_spec_merges_config_common_and_args(tmp_path):
     assert merge_configs({"model_kwargs": {"a": 1}}, {"model_kwargs": None}) == {"model_kwargs": {"a": 1}}
 
 
+def test_runs_option_keeps_the_matching_runs_in_file_order(tmp_path, capsys):
+    from timm_local.sweep import select_runs
+    from timm_local.sweep.__main__ import main
+
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(yaml.safe_dump({"runs": [{"name": n} for n in ("r32_e2e", "r32_mlaan-k8", "r32_man-k8")]}))
+    spec = load_sweep(sweep, output=tmp_path / "out")
+    assert [r.name for r in select_runs(spec, ["r32_man*", "r32_e2e"]).runs] == ["r32_e2e", "r32_man-k8"]
+    assert select_runs(spec, None) is spec
+    with pytest.raises(ValueError, match=r"--runs r32_dgl\* matches no run of .*its runs are: r32_e2e, r32_mlaan-k8"):
+        select_runs(spec, ["r32_e2e", "r32_dgl*"])
+    assert main([str(sweep), "--output", str(tmp_path / "out"), "--runs", "*mlaan*", "--status"]) == 0
+    table = capsys.readouterr().out
+    assert "r32_mlaan-k8 | pending" in table and "r32_e2e" not in table and "r32_man" not in table
+    assert main([str(sweep), "--runs", "nothing", "--status"]) == 2
+    assert "error: --runs nothing matches no run" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("sweep,message", [
     ({"runs": []}, "non-empty list"),
     ({"runs": [{"name": "a"}, {"name": "a"}]}, "used twice"),

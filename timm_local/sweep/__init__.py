@@ -5,9 +5,9 @@ folder says about its run), :mod:`.runner` (starting, resuming and supervising t
 processes) and :mod:`.table` (the table of runs). See docs/SWEEPS.md.
 """
 from .runner import SweepRunner
-from .spec import RunSpec, SweepSpec, load_sweep
+from .spec import RunSpec, SweepSpec, load_sweep, select_runs
 from .status import RunStatus, read_status
 from .table import format_table, write_table
 
 __all__ = ["RunSpec", "RunStatus", "SweepRunner", "SweepSpec", "format_table", "load_sweep", "read_status",
-           "write_table"]
+           "select_runs", "write_table"]

@@ -1,4 +1,5 @@
-"""``python -m timm_local.sweep <sweep.yaml> [--jobs N] [--threads-per-job T] [--status]``: see docs/SWEEPS.md."""
+"""``python -m timm_local.sweep <sweep.yaml> [--jobs N] [--threads-per-job T] [--runs PATTERN ...] [--status]``: see
+docs/SWEEPS.md."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +8,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .runner import SweepRunner
-from .spec import load_sweep
+from .spec import load_sweep, select_runs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", default=None, help="parent of the run folders (default: the sweep file's)")
     parser.add_argument("--export-to", default=None, metavar="HUB_DIR",
                         help="export each run that finishes and has a hub_name into this folder (e.g. hub_cards)")
+    parser.add_argument("--runs", nargs="+", default=None, metavar="PATTERN",
+                        help="only the runs whose names match one of these (shell wildcards, e.g. 'resnet32_mlaan*'); "
+                             "the others are neither started nor shown")
     parser.add_argument("--status", action="store_true", help="print the table of runs and exit; start nothing")
     return parser
 
@@ -28,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        sweep = load_sweep(args.sweep, output=args.output)
+        sweep = select_runs(load_sweep(args.sweep, output=args.output), args.runs)
         runner = SweepRunner(sweep, jobs=args.jobs, threads_per_job=args.threads_per_job,
                              gpus=args.gpus.split(",") if args.gpus else None,
                              export_to=Path(args.export_to) if args.export_to else None)

@@ -19,8 +19,9 @@ sweep file (``config``, ``output``) are relative to the current directory, like 
 """
 from __future__ import annotations
 
+import fnmatch
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -79,6 +80,18 @@ def load_sweep(path: str | Path, output: Optional[str | Path] = None) -> SweepSp
         _check_keys(config, parser, where)
         runs.append(RunSpec(name=name, config=config, hub_name=entry.get("hub_name")))
     return SweepSpec(path=path, output=output, runs=runs)
+
+
+def select_runs(sweep: SweepSpec, patterns: Optional[list[str]]) -> SweepSpec:
+    """The sweep restricted to the runs whose names match any of ``patterns`` (shell wildcards, ``fnmatch``), in
+    the file's order; ``None`` keeps every run. A pattern that matches no run is an error naming the runs."""
+    if patterns is None:
+        return sweep
+    names = [r.name for r in sweep.runs]
+    unmatched = [p for p in patterns if not fnmatch.filter(names, p)]
+    if unmatched:
+        raise ValueError(f"--runs {' '.join(unmatched)} matches no run of {sweep.path}; its runs are: {', '.join(names)}")
+    return replace(sweep, runs=[r for r in sweep.runs if any(fnmatch.fnmatchcase(r.name, p) for p in patterns)])
 
 
 def merge_configs(*configs: dict[str, Any]) -> dict[str, Any]:
