@@ -32,6 +32,21 @@ def test_pipeline_benchmark_smoke(tmp_path, monkeypatch):
     assert max(pipe_static) < seq and sum(pipe_static) == pytest.approx(seq, rel=0.02)
 
 
+def test_table_without_the_sequential_run_prints_no_ratios():
+    from timm_local.bench.pipeline import table
+
+    row = {"mode": "pipeline", "processes": 2, "images_per_s": 9.0, "steady_images_per_s": 10.0,
+           "static_mb_per_process": [1.0, 4.0], "tensor_peak_mb_per_process": [13.0, 14.0],
+           "rss_peak_mb_per_process": [783.0, 774.0], "plan": "stage 0: modules 0-1, stage 1: modules 2-3 (measured)",
+           "cuts": [2], "module_costs": [{"seconds": t} for t in (0.2, 0.3, 0.25, 0.25)],
+           "stages": [{"stage": 0, "modules": [0, 2], "busy_s": 1.0, "idle_s": 0.0, "wall_s": 1.0, "idle_fraction": 0.0},
+                      {"stage": 1, "modules": [2, 4], "busy_s": 1.0, "idle_s": 0.0, "wall_s": 1.0, "idle_fraction": 0.0}]}
+    text = table({"results": [row]})
+    assert "| pipeline | 1 / 4 | 13 / 14 | – / – | 783 / 774 | – / – |" in text
+    assert "| pipeline | 2 | 9.0 | – | – | 10.0 | – | – | 10.0 |" in text
+    assert "stage times 0.5 / 0.5 s per micro-batch (measured): at most 2.00x one process" in text
+
+
 def test_median_round_is_the_middle_steady_rate_with_every_round_attached():
     from timm_local.bench.pipeline import median_round
 

@@ -255,11 +255,14 @@ def _ratio(value: Optional[float], reference: Optional[float]) -> str:
     return f"{value / reference:.2f}" if value and reference else "–"
 
 
-def _per_process(values: list[Optional[float]], reference: Optional[list[Optional[float]]] = None) -> str:
-    """'1463 / 1245' (MiB), or the ratios of each value to the largest of ``reference``."""
-    if reference is None:
-        return " / ".join("–" if v is None else f"{v:.0f}" for v in values)
-    top = max((v for v in reference if v is not None), default=None)
+def _per_process(values: list[Optional[float]]) -> str:
+    """'1463 / 1245' (MiB, one value per process)."""
+    return " / ".join("–" if v is None else f"{v:.0f}" for v in values)
+
+
+def _per_process_ratios(values: list[Optional[float]], reference: Optional[list[Optional[float]]]) -> str:
+    """Each value over the largest of ``reference`` ('0.96 / 1.00'); '–' without a reference."""
+    top = max((v for v in reference if v is not None), default=None) if reference else None
     return " / ".join(_ratio(v, top) for v in values)
 
 
@@ -284,9 +287,9 @@ def table(run: dict) -> str:
     for r in run["results"]:
         rows.append(f"| {r['mode']} | {_per_process(r['static_mb_per_process'])} | "
                     f"{_per_process(r['tensor_peak_mb_per_process'])} | "
-                    f"{_per_process(r['tensor_peak_mb_per_process'], base and base['tensor_peak_mb_per_process'])} | "
+                    f"{_per_process_ratios(r['tensor_peak_mb_per_process'], base and base['tensor_peak_mb_per_process'])} | "
                     f"{_per_process(r['rss_peak_mb_per_process'])} | "
-                    f"{_per_process(r['rss_peak_mb_per_process'], base and base['rss_peak_mb_per_process'])} |")
+                    f"{_per_process_ratios(r['rss_peak_mb_per_process'], base and base['rss_peak_mb_per_process'])} |")
     pipe = by_mode.get("pipeline")
     if pipe:
         rows.append("")
