@@ -7,7 +7,8 @@ in one run on the same model and batch size (benchmarks/README.md, "Pipelined tr
     python -m timm_local.bench.pipeline --arch resnet32 --steps 3 --warmup 1 --batch-size 16   # smoke run
 
 Every configuration runs in fresh processes (:func:`timm_local.pipeline.launch.run_local_job`, gloo, one
-thread each); with ``--rounds R`` the three run in turn R times and each reports its median round. Per process and configuration: ``--warmup`` untimed steps, then ``--steps`` timed ones.
+thread each); with ``--rounds R`` the three run in turn R times and each reports its median round. Per
+process and configuration: ``--warmup`` untimed steps, then ``--steps`` timed ones.
 images/s counts every image trained: B per step for (a) and (c), S·B for (b) (each process its own B).
 Two rates per configuration:
 
